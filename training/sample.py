@@ -1,0 +1,32 @@
+"""The lectures' sampler, batched: draw names one character at a time from a torch model."""
+from __future__ import annotations
+
+import torch
+
+from .data import Vocab
+
+MAX_NAME_LENGTH = 64
+
+
+@torch.no_grad()
+def sample_names(model, vocab: Vocab, n: int, seed: int, max_length: int = MAX_NAME_LENGTH) -> list[str]:
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    block_size = model.cfg.block_size
+    context = torch.zeros(n, block_size, dtype=torch.long)  # [n, T], all boundary
+    out = torch.zeros(n, max_length, dtype=torch.long)
+    done = torch.zeros(n, dtype=torch.bool)
+    for pos in range(max_length):
+        probs = torch.softmax(model(context), dim=-1)  # [n, vocab]
+        ix = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        ix[done] = 0
+        out[:, pos] = ix
+        done |= ix == 0
+        if done.all():
+            break
+        context = torch.cat([context[:, 1:], ix[:, None]], dim=1)
+    names = []
+    for row in out.tolist():
+        end = row.index(0) if 0 in row else len(row)
+        names.append(vocab.decode(row[:end]))
+    return names

@@ -1,0 +1,175 @@
+"""The training loop: plain, top to bottom, resumable, bit-reproducible on CPU for a given seed."""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .data import SPLIT_SEED, Dataset
+from .models import GRADIENT_FREE, ModelConfig, build_model, count_parameters, nll
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    batch_size: int  # 0: the whole training split every step (full-batch gradient descent)
+    lr: float
+    optimizer: str  # "sgd" or "adamw"
+    lr_final_ratio: float = 0.05  # cosine decay from lr to lr * lr_final_ratio
+    weight_decay: float = 0.0  # AdamW's decoupled decay
+    l2: float = 0.0  # the lecture's penalty l2 * mean(W**2) added to the loss (bigram-neural)
+    seed: int = 1337
+    eval_every: int = 0  # 0: ten evaluations (and checkpoints) over the run
+
+    def lr_at(self, step: int) -> float:
+        progress = step / max(self.steps - 1, 1)
+        return self.lr * (self.lr_final_ratio + (1 - self.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    @property
+    def eval_interval(self) -> int:
+        return self.eval_every or max(self.steps // 10, 1)
+
+
+# Defaults per model; the CLI overrides any of them. The mlp's beat lecture 3 (see README).
+TRAIN_DEFAULTS: dict[str, TrainConfig] = {
+    "bigram-counts": TrainConfig(steps=0, batch_size=0, lr=0.0, optimizer="none"),
+    "bigram-neural": TrainConfig(steps=400, batch_size=0, lr=200.0, optimizer="sgd", lr_final_ratio=0.2, l2=0.001),
+    "mlp": TrainConfig(steps=30000, batch_size=128, lr=3e-3, optimizer="adamw", weight_decay=0.05),
+}
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after saving a resumable checkpoint."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
+def _make_optimizer(model, tc: TrainConfig) -> torch.optim.Optimizer:
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=tc.lr)
+    # Decay matrices only: embeddings, biases and BatchNorm's gain/shift are left alone.
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding")]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embedding"))]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tc.lr)
+
+
+def _metrics(model, data: Dataset, block_size: int) -> dict:
+    return {f"{part}_nll": round(nll(model, *data.contexts(part, block_size)), 6) for part in ("train", "val", "test")}
+
+
+def _meta(model, data: Dataset, tc: TrainConfig, step: int, wall_time: float, finished: bool) -> dict:
+    return {
+        "model_type": model.cfg.model_type,
+        "vocab": list(data.vocab.chars),
+        "block_size": model.cfg.block_size,
+        "parameters": count_parameters(model),
+        "split": {"seed": SPLIT_SEED, "fractions": [0.8, 0.1, 0.1], "sizes": data.split.sizes()},
+        "data": {"source": data.source, "sha256": data.sha256, "num_words": len(data.words)},
+        "training": {**asdict(tc), "completed_steps": step, "finished": finished, "wall_time_s": round(wall_time, 3)},
+        "metrics": _metrics(model, data, model.cfg.block_size),
+    }
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop after the current step; a second one aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path, resume: bool = False,
+          progress: bool = True) -> dict:
+    """Train, write the checkpoint folder, return its metadata. Raises Interrupted on Ctrl-C."""
+    generator = torch.Generator().manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)
+    model = build_model(model_cfg, generator=generator)
+    block_size = model.cfg.block_size
+    Xtr, Ytr = data.contexts("train", block_size)
+    Xval, Yval = data.contexts("val", block_size)
+
+    if model_cfg.model_type in GRADIENT_FREE:
+        start = time.perf_counter()
+        model.fit(Xtr, Ytr)
+        meta = _meta(model, data, replace(tc, steps=0), 0, time.perf_counter() - start, finished=True)
+        ckpt.save_checkpoint(out_dir, model, meta, words=data.words)
+        return meta
+
+    optimizer = _make_optimizer(model, tc)
+    history: dict = {"train": [], "val": []}
+    step, wall_before = 0, 0.0
+    if resume:
+        state = ckpt.load_train_state(out_dir)
+        model.load_state_dict(ckpt.load_checkpoint(out_dir).model.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, wall_before = state["step"], state["wall_time_s"]
+        history = ckpt.load_history(out_dir)
+
+    def save(finished: bool) -> dict:
+        wall = wall_before + time.perf_counter() - started
+        meta = _meta(model, data, tc, step, wall, finished)
+        train_state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                       "step": step, "wall_time_s": wall}
+        ckpt.save_checkpoint(out_dir, model, meta, words=data.words, history=history, train_state=train_state)
+        return meta
+
+    started = time.perf_counter()
+    model.train()
+    bar = tqdm(total=tc.steps, initial=step, desc=model_cfg.model_type, unit="step", disable=not progress,
+               mininterval=0.5, dynamic_ncols=True)
+    with _StopFlag() as stop:
+        while step < tc.steps:
+            lr = tc.lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if tc.batch_size:
+                ix = torch.randint(0, len(Xtr), (tc.batch_size,), generator=generator)
+                xb, yb = Xtr[ix], Ytr[ix]
+            else:
+                xb, yb = Xtr, Ytr
+            loss = F.cross_entropy(model(xb), yb)
+            if tc.l2:
+                loss = loss + tc.l2 * model.regularisation()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % 100 == 0 or step in (1, tc.steps) or not tc.batch_size:
+                history["train"].append([step, round(loss.item(), 5)])
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2g}", refresh=False)
+            bar.update(1)
+            if step % tc.eval_interval == 0 and step < tc.steps:
+                val = nll(model, Xval, Yval)
+                history["val"].append([step, round(val, 5)])
+                bar.write(f"step {step}: val {val:.4f}", file=sys.stderr)
+                save(finished=False)
+            if stop.requested:
+                bar.close()
+                save(finished=False)
+                raise Interrupted(step)
+    bar.close()
+    history["val"].append([step, round(nll(model, Xval, Yval), 5)])
+    return save(finished=True)
