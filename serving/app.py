@@ -1,0 +1,215 @@
+"""The HTTP layer: validates and translates, nothing more. Engines and model loading live elsewhere."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import secrets
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from .engine import EngineStopped, QueueFull, SamplingParams
+from .manager import ModelManager, NotReady, Served, UnknownModel
+from .metrics import Metrics
+from .schemas import (CharScore, GeneratedName, GenerateRequest, GenerateResponse, ModelInfo, ModelsResponse,
+                      NameScore, ScoreRequest, ScoreResponse)
+from .settings import Settings
+
+log = logging.getLogger("namegen.app")
+RETRY_AFTER_S = "1"
+
+
+def _vocab_error(field: tuple, served: Served, text: str) -> RequestValidationError | None:
+    unknown = served.model.unknown_chars(text)
+    if not unknown:
+        return None
+    listed = ", ".join(repr(ch) for ch in unknown)
+    return RequestValidationError([{
+        "type": "value_error", "loc": ("body", *field), "input": text,
+        "msg": f"characters not in the vocabulary of model {served.model.name!r}: {listed}",
+    }])
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    manager = ModelManager(settings, metrics)
+    metrics.watch(manager)
+
+    async def watch_registry():
+        while True:
+            await asyncio.sleep(settings.watch_interval_s)
+            try:
+                await run_in_threadpool(manager.refresh)
+            except Exception:  # the watcher must outlive a bad registry state
+                log.exception("registry refresh failed")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        results = await run_in_threadpool(manager.refresh)
+        if not manager.served():
+            log.warning("no model loaded from %s (%s); waiting for one to be published",
+                        settings.registry, results or "the registry is empty")
+        watcher = asyncio.create_task(watch_registry())
+        yield
+        watcher.cancel()
+        await run_in_threadpool(manager.close)  # engines drain what is in flight
+
+    app = FastAPI(title="namegen", version="0.1.0", lifespan=lifespan,
+                  description="Character-level name generation and scoring.")
+    app.state.manager = manager
+    app.state.settings = settings
+
+    # -- middleware: body limit and metrics ------------------------------------------------
+    @app.middleware("http")
+    async def limit_and_measure(request: Request, call_next):
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            response = JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes"}, 413)
+        elif length is None and request.method in ("POST", "PUT", "PATCH"):
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > settings.max_body_bytes:
+                    break
+            if len(body) > settings.max_body_bytes:
+                response = JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes"}, 413)
+            else:
+                request._body = body
+                response = await call_next(request)
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        path = route.path if route is not None else "unmatched"
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(UnknownModel)
+    async def unknown_model(request: Request, exc: UnknownModel):
+        return JSONResponse({"detail": str(exc)}, 404)
+
+    @app.exception_handler(NotReady)
+    async def not_ready(request: Request, exc: NotReady):
+        return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": RETRY_AFTER_S})
+
+    # -- generation ---------------------------------------------------------------------------
+    async def run_generation(body: GenerateRequest, seed: int) -> tuple[Served, object]:
+        loop = asyncio.get_running_loop()
+        for _ in range(3):  # a reload may retire the engine between lookup and submit
+            served = manager.get(body.model)
+            error = _vocab_error(("prefix",), served, body.prefix)
+            if error:
+                raise error
+            params = SamplingParams(n=body.n, seed=seed, temperature=body.temperature, top_k=body.top_k or 0,
+                                    prefix=body.prefix, min_length=body.min_length, max_length=body.max_length,
+                                    unique=body.unique, exclude_training=body.exclude_training)
+            done = loop.create_future()
+
+            def finish(result, done=done):
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
+
+            try:
+                request = served.engine.submit(params, finish)
+            except QueueFull as e:
+                raise HTTPException(429, f"too many requests waiting ({e}); retry shortly",
+                                    headers={"Retry-After": RETRY_AFTER_S}) from None
+            except EngineStopped:
+                continue
+            try:
+                result = await asyncio.wait_for(done, settings.request_timeout_s)
+            except asyncio.TimeoutError:
+                request.cancelled = True
+                raise HTTPException(504, f"generation took longer than {settings.request_timeout_s}s; "
+                                         "ask for fewer names or retry") from None
+            except asyncio.CancelledError:  # the client went away
+                request.cancelled = True
+                raise
+            if isinstance(result, EngineStopped):
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            return served, result
+        raise HTTPException(503, "the model is being reloaded; retry", headers={"Retry-After": RETRY_AFTER_S})
+
+    @app.post("/v1/generate", response_model=GenerateResponse, tags=["names"])
+    @app.post("/generate", response_model=GenerateResponse, include_in_schema=False)
+    async def generate(body: GenerateRequest) -> GenerateResponse:
+        seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**63)
+        served, result = await run_generation(body, seed)
+        metrics.names_generated.labels(served.model.name).inc(len(result.names))
+        return GenerateResponse(model=served.model.name, version=result.version, seed=seed,
+                                names=[GeneratedName(name=name, nll=nll) for name, nll in result.names],
+                                exhausted=result.exhausted)
+
+    # -- scoring ----------------------------------------------------------------------------
+    @app.post("/v1/score", response_model=ScoreResponse, tags=["names"])
+    @app.post("/score", response_model=ScoreResponse, include_in_schema=False)
+    async def score(body: ScoreRequest) -> ScoreResponse:
+        served = manager.get(body.model)
+        for i, name in enumerate(body.names):
+            error = _vocab_error(("names", i), served, name)
+            if error:
+                raise error
+        model = served.model
+        logp, targets, lengths = await run_in_threadpool(model.token_logp, body.names)  # one batched forward
+        results, start = [], 0
+        for name, count in zip(body.names, lengths.tolist()):
+            char_logp = logp[start:start + count]
+            chars = [CharScore(char=model.vocab[t], p=math.exp(lp), nll=-lp)
+                     for t, lp in zip(targets[start:start + count].tolist(), char_logp.tolist())]
+            nll = float(-char_logp.sum())
+            results.append(NameScore(name=name, nll=nll, nll_per_char=nll / count,
+                                     perplexity=math.exp(nll / count), chars=chars))
+            start += count
+        return ScoreResponse(model=model.name, version=model.version, results=results)
+
+    # -- introspection ------------------------------------------------------------------------
+    @app.get("/v1/models", response_model=ModelsResponse, tags=["models"])
+    async def models() -> ModelsResponse:
+        infos = [ModelInfo(name=name, version=s.model.version, type=s.model.manifest["model_type"],
+                           vocab=list(s.model.vocab), block_size=s.model.block_size,
+                           metrics={k: float(v) for k, v in s.model.manifest.get("metrics", {}).items()},
+                           backend=settings.backend, device=settings.device)
+                 for name, s in sorted(manager.served().items())]
+        return ModelsResponse(default=manager.default_name, models=infos)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz():
+        versions = {name: s.model.version for name, s in manager.served().items()}
+        if manager.ready():
+            return {"status": "ready", "models": versions}
+        missing = [name for name in manager.wanted_names() if name not in versions]
+        return JSONResponse({"status": "not ready", "models": versions, "waiting_for": missing,
+                             "registry": str(settings.registry)}, 503, headers={"Retry-After": RETRY_AFTER_S})
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus_metrics():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # -- admin --------------------------------------------------------------------------------
+    def require_admin(authorization: str | None = Header(None)) -> None:
+        if not settings.admin_token:
+            raise HTTPException(403, "the admin API is disabled; set NAMEGEN_ADMIN_TOKEN to enable it")
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), settings.admin_token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.post("/v1/admin/reload", tags=["ops"], dependencies=[Depends(require_admin)])
+    async def reload():
+        """Load every model whose LATEST changed now, instead of at the next registry poll."""
+        return {"models": await run_in_threadpool(manager.refresh)}
+
+    return app

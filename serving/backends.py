@@ -1,0 +1,121 @@
+"""Forward passes: context int64 [rows, block_size] -> logits float32 [rows, vocab].
+
+Every forward runs on chunks of exactly `chunk_rows` rows (the last one padded), each chunk on one
+thread. Matrix kernels pick their blocking and reduction order from the shapes and thread count, so
+fixed shapes on single-threaded runs make a row's logits independent of its batch: the same seed
+gives the same names whatever else the server is doing.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+
+class BackendError(Exception):
+    pass
+
+
+class ChunkedBackend:
+    """Splits a batch into fixed-shape chunks and runs them on a pool of single-threaded workers."""
+
+    name = "base"
+
+    def __init__(self, block_size: int, chunk_rows: int, threads: int):
+        self.block_size = block_size
+        self.chunk_rows = chunk_rows
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{self.name}-forward")
+
+    def _run_chunk(self, context: np.ndarray) -> np.ndarray:  # [chunk_rows, T] -> [chunk_rows, V]
+        raise NotImplementedError
+
+    def _padded(self, context: np.ndarray, start: int) -> np.ndarray:
+        chunk = context[start:start + self.chunk_rows]
+        if len(chunk) == self.chunk_rows:
+            return np.ascontiguousarray(chunk)
+        padded = np.zeros((self.chunk_rows, self.block_size), dtype=np.int64)
+        padded[: len(chunk)] = chunk
+        return padded
+
+    def forward(self, context: np.ndarray) -> np.ndarray:
+        rows = len(context)
+        starts = range(0, rows, self.chunk_rows)
+        if len(starts) == 1:
+            return self._run_chunk(self._padded(context, 0))[:rows]
+        outputs = list(self._pool.map(lambda s: self._run_chunk(self._padded(context, s)), starts))
+        return np.concatenate(outputs)[:rows]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class OnnxRuntimeBackend(ChunkedBackend):
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, block_size: int, chunk_rows: int, threads: int, device: str = "cpu"):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # parallelism comes from chunks, see the module docstring
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        check_device(self.name, device)
+        providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        try:
+            self._session = ort.InferenceSession(str(model_path), options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+            raise BackendError(f"{model_path}: onnxruntime cannot load it ({e})") from None
+        super().__init__(block_size, chunk_rows, threads)
+
+    def _run_chunk(self, context: np.ndarray) -> np.ndarray:
+        return self._session.run(["logits"], {"context": context})[0]
+
+
+class TorchBackend(ChunkedBackend):
+    """Runs export's torch.export program (model.pt2); torch is imported only here."""
+
+    name = "torch"
+
+    def __init__(self, program_path: Path, block_size: int, chunk_rows: int, threads: int, device: str = "cpu"):
+        import torch
+
+        check_device(self.name, device)
+        self._torch = torch
+        self._device = torch.device(device)
+        torch.set_num_threads(1)  # parallelism comes from chunks, see the module docstring
+        try:
+            self._module = torch.export.load(str(program_path)).module().to(self._device)
+        except Exception as e:  # torch raises many types for a bad archive
+            raise BackendError(f"{program_path}: torch.export cannot load it ({e})") from None
+        super().__init__(block_size, chunk_rows, threads)
+
+    def _run_chunk(self, context: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            logits = self._module(self._torch.from_numpy(context).to(self._device))
+        return logits.float().cpu().numpy()
+
+
+def check_device(kind: str, device: str) -> None:
+    """Fail at start, with a clear message, when the requested device cannot be used."""
+    if device != "cuda":
+        return
+    if kind == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendError("NAMEGEN_DEVICE=cuda but torch sees no usable GPU (torch.cuda.is_available() is "
+                               "False); use NAMEGEN_DEVICE=cpu")
+    else:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendError("NAMEGEN_DEVICE=cuda but onnxruntime has no CUDA provider (install onnxruntime-gpu "
+                               "with a working CUDA, or use NAMEGEN_DEVICE=cpu)")
+
+
+def make_backend(kind: str, version_dir: Path, block_size: int, chunk_rows: int, threads: int,
+                 device: str) -> ChunkedBackend:
+    if kind == "torch":
+        return TorchBackend(version_dir / "model.pt2", block_size, chunk_rows, threads, device)
+    return OnnxRuntimeBackend(version_dir / "model.onnx", block_size, chunk_rows, threads, device)

@@ -1,0 +1,347 @@
+"""The engine: one scheduler thread per served model version, continuous (iteration-level) batching.
+
+Each step gathers the active rows of every in-flight request (up to max_batch_rows), runs one forward,
+samples one character per row, retires finished rows and admits waiting requests into the freed rows.
+A row is one sample of one request; its draws depend only on (seed, sample index, position), and a
+request's answer is the first n accepted samples in sample-index order, so results never depend on
+batching, arrival order or what else is running. The engine knows nothing about HTTP.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .model import LoadedModel
+from .sampler import sample_keys, sample_step, uniforms
+
+log = logging.getLogger("namegen.engine")
+NEWLINE = np.uint32(10)
+
+
+class QueueFull(Exception):
+    pass
+
+
+class EngineStopped(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int
+    seed: int
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    prefix: str = ""
+    min_length: int = 1
+    max_length: int = 32
+    unique: bool = False
+    exclude_training: bool = False
+
+
+@dataclass
+class GenerationResult:
+    names: list[tuple[str, float]]  # (name, NLL in nats under the model, end token included)
+    version: str
+    exhausted: bool  # the attempt budget ran out before n names were accepted
+
+
+@dataclass(eq=False)
+class GenerationRequest:
+    """A request's bookkeeping: which sample indices are launched, resolved and accepted."""
+
+    params: SamplingParams
+    max_attempts: int
+    on_done: Callable[[GenerationResult | BaseException], None]
+    launched: int = 0  # next sample index
+    frontier: int = 0  # samples below it are settled, in index order
+    resolved: dict[int, tuple[str, float] | None] = field(default_factory=dict)  # above the frontier
+    accepted: list[tuple[str, float]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    rejected: int = 0
+    finished: bool = False
+    cancelled: bool = False  # set by the caller (deadline); rows are dropped at the next step
+    slot: int = -1  # key in the engine's request table while it has rows
+    started: bool = False  # has had rows; until then it counts against max_queue
+
+    def rows_wanted(self) -> int:
+        if self.finished or self.cancelled:
+            return 0
+        hopeful = self.launched - self.rejected  # samples that may still be accepted
+        return max(0, min(self.params.n - hopeful, self.max_attempts - self.launched))
+
+    def resolve(self, index: int, outcome: tuple[str, float] | None) -> None:
+        """Record a finished sample (None: rejected whatever its order) and settle the frontier."""
+        if outcome is None:
+            self.rejected += 1
+        self.resolved[index] = outcome
+        while self.frontier in self.resolved and len(self.accepted) < self.params.n:
+            settled = self.resolved.pop(self.frontier)
+            self.frontier += 1
+            if settled is None:
+                continue
+            if self.params.unique:
+                if settled[0] in self.seen:
+                    self.rejected += 1
+                    continue
+                self.seen.add(settled[0])
+            self.accepted.append(settled)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.accepted) >= self.params.n or self.frontier >= self.max_attempts
+
+
+class RowState:
+    """Per-row arrays, compacted so rows [0, active) are live. Capacity max_batch_rows."""
+
+    def __init__(self, capacity: int, block_size: int, max_length: int):
+        self.active = 0
+        self.context = np.zeros((capacity, block_size), dtype=np.int64)
+        self.tokens = np.zeros((capacity, max_length + 1), dtype=np.int16)  # the name so far (prefix included)
+        self.length = np.zeros(capacity, dtype=np.int64)  # characters in the name so far
+        self.nll = np.zeros(capacity, dtype=np.float64)
+        self.key = np.zeros(capacity, dtype=np.uint64)  # sampler stream key of (seed, sample index)
+        self.sample_index = np.zeros(capacity, dtype=np.int64)
+        self.request = np.zeros(capacity, dtype=np.int64)  # slot in the engine's request table
+        self.temperature = np.zeros(capacity, dtype=np.float64)
+        self.top_k = np.zeros(capacity, dtype=np.int64)
+        self.prefix_length = np.zeros(capacity, dtype=np.int64)
+        self.min_length = np.zeros(capacity, dtype=np.int64)
+        self.max_length = np.zeros(capacity, dtype=np.int64)
+        self._columns = [a for a in vars(self).values() if isinstance(a, np.ndarray)]
+
+    def keep(self, mask: np.ndarray) -> None:
+        kept = int(mask.sum())
+        for column in self._columns:
+            column[:kept] = column[: self.active][mask]
+        self.active = kept
+
+
+class Engine:
+    """Continuous batching for one model version, on its own thread."""
+
+    def __init__(self, model: LoadedModel, max_batch_rows: int, max_queue: int, max_name_length: int,
+                 attempts_per_name: int, on_step: Callable[[int], None] | None = None):
+        self.model = model
+        self.max_batch_rows = max_batch_rows
+        self.max_queue = max_queue
+        self.attempts_per_name = attempts_per_name
+        self.on_step = on_step  # metrics hook: rows in this step
+        self.rows = RowState(max_batch_rows, model.block_size, max_name_length)
+        self._inbox: queue.SimpleQueue[GenerationRequest] = queue.SimpleQueue()
+        self._open: deque[GenerationRequest] = deque()  # unfinished requests, in arrival order
+        self._slots: dict[int, GenerationRequest] = {}  # request table: slot -> request with live rows
+        self._next_slot = 0
+        self._queued = 0  # requests submitted that have not had rows yet
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._abort = False
+        self._thread = threading.Thread(target=self._run, name=f"engine-{model.name}-{model.version}", daemon=True)
+        self._thread.start()
+
+    # -- called from other threads ------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return self._queued
+
+    def submit(self, params: SamplingParams, on_done: Callable) -> GenerationRequest:
+        request = GenerationRequest(params, max_attempts=params.n * self.attempts_per_name, on_done=on_done)
+        with self._lock:
+            if self._stopping:
+                raise EngineStopped(f"{self.model.name}/{self.model.version} is shutting down")
+            if self._queued >= self.max_queue:
+                raise QueueFull(f"{self._queued} requests are waiting for {self.model.name}")
+            self._queued += 1
+        self._inbox.put(request)
+        self._wake.set()
+        return request
+
+    def generate(self, params: SamplingParams, timeout: float | None = None) -> GenerationResult:
+        """Blocking convenience for in-process callers (benchmarks, tests)."""
+        done = threading.Event()
+        box: list = []
+
+        def finish(result):
+            box.append(result)
+            done.set()
+
+        self.submit(params, finish)
+        if not done.wait(timeout):
+            raise TimeoutError("generation did not finish in time")
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Refuse new requests; with drain, finish those in flight first."""
+        with self._lock:
+            self._stopping = True
+            if not drain:
+                self._abort = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    # -- the scheduler thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._take_inbox()
+            if self._abort:
+                self._fail_all(EngineStopped("the engine stopped"))
+                return
+            if not self.rows.active and not self._open:
+                if self._stopping:
+                    return
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                self._step()
+            except Exception as e:  # a failing forward must not hang callers
+                log.exception("engine step failed")
+                self._fail_all(e)
+
+    def _take_inbox(self) -> None:
+        while True:
+            try:
+                self._open.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return
+
+    def _admit(self) -> None:
+        """Give free rows to requests in arrival order; drop the ones that are answered or abandoned."""
+        rows = self.rows
+        still_open: deque[GenerationRequest] = deque()
+        for request in self._open:
+            if request.finished or request.cancelled or request.complete:
+                self._finish(request)
+                self._mark_started(request)
+                continue
+            still_open.append(request)
+            count = min(request.rows_wanted(), self.max_batch_rows - rows.active)
+            if count > 0:
+                self._launch(request, count)
+        self._open = still_open
+
+    def _mark_started(self, request: GenerationRequest) -> None:
+        """A request stops counting as queued once it gets rows (or ends without them)."""
+        if not request.started:
+            request.started = True
+            with self._lock:
+                self._queued -= 1
+
+    def _launch(self, request: GenerationRequest, count: int) -> None:
+        rows, model = self.rows, self.model
+        self._mark_started(request)
+        if request.slot < 0:
+            request.slot = self._next_slot
+            self._next_slot += 1
+            self._slots[request.slot] = request
+        p = request.params
+        lo, hi = rows.active, rows.active + count
+        # Prefix characters go through the same steps as sampled ones, forced instead of drawn,
+        # so their NLL counts; rows start from the empty context.
+        prefix_ids = [model.stoi[ch] for ch in p.prefix]
+        rows.context[lo:hi] = 0
+        rows.tokens[lo:hi, : len(prefix_ids)] = prefix_ids
+        rows.length[lo:hi] = 0
+        rows.nll[lo:hi] = 0.0
+        index = np.arange(request.launched, request.launched + count, dtype=np.int64)
+        rows.sample_index[lo:hi] = index
+        rows.key[lo:hi] = sample_keys(p.seed, index)
+        rows.request[lo:hi] = request.slot
+        rows.temperature[lo:hi] = p.temperature
+        rows.top_k[lo:hi] = p.top_k
+        rows.prefix_length[lo:hi] = len(prefix_ids)
+        rows.min_length[lo:hi] = p.min_length
+        rows.max_length[lo:hi] = p.max_length
+        request.launched += count
+        rows.active = hi
+
+    def _step(self) -> None:
+        self._admit()
+        rows = self.rows
+        n = rows.active
+        if n == 0:
+            return
+        if self.on_step:
+            self.on_step(n)
+        length = rows.length[:n]
+        logits = self.model.backend.forward(rows.context[:n])  # [n, V]
+        token, logp = sample_step(logits, uniforms(rows.key[:n], length), rows.temperature[:n], rows.top_k[:n],
+                                  end_allowed=length >= rows.min_length[:n])
+        forced = length < rows.prefix_length[:n]
+        if forced.any():
+            token[forced] = rows.tokens[:n][forced, length[forced]]
+        rows.nll[:n] -= logp[token, np.arange(n)]
+        ended = token == 0
+        too_long = ~ended & (length >= rows.max_length[:n])
+        growing = np.flatnonzero(~ended & ~too_long)
+        rows.tokens[growing, length[growing]] = token[growing]
+        rows.length[growing] += 1
+        rows.context[:n] = np.concatenate([rows.context[:n, 1:], token[:, None]], axis=1)
+        self._retire(ended, too_long)
+
+    def _retire(self, ended: np.ndarray, too_long: np.ndarray) -> None:
+        rows = self.rows
+        n = rows.active
+        done = ended | too_long
+        stale = [slot for slot, r in self._slots.items() if r.finished or r.cancelled]
+        if stale:  # rows of answered or abandoned requests are dropped, not resolved
+            done |= np.isin(rows.request[:n], stale)
+        if not done.any():
+            return
+        done_rows = np.flatnonzero(done)
+        names = self._decode(done_rows)
+        training = self.model.training_names
+        touched = set()
+        for slot, index, name, nll, ok in zip(rows.request[done_rows].tolist(), rows.sample_index[done_rows].tolist(),
+                                              names, rows.nll[done_rows].tolist(), ended[done_rows].tolist()):
+            request = self._slots[slot]
+            if request.finished or request.cancelled:
+                continue
+            rejected = not ok or (request.params.exclude_training and name in training)
+            request.resolve(index, None if rejected else (name, nll))
+            touched.add(request)
+        rows.keep(~done)
+        for slot in stale:
+            del self._slots[slot]
+        for request in touched:
+            if request.complete:
+                self._finish(request)
+
+    def _decode(self, done_rows: np.ndarray) -> list[str]:
+        """All finished names in one pass: code points, a newline after each, one decode, one split."""
+        lengths = self.rows.length[done_rows]
+        width = int(lengths.max()) + 1
+        points = self.model.codepoints[self.rows.tokens[done_rows, :width]]
+        points[np.arange(len(done_rows)), lengths] = NEWLINE
+        keep = np.arange(width)[None, :] <= lengths[:, None]
+        return points[keep].tobytes().decode("utf-32-le").split("\n")[:-1]
+
+    def _finish(self, request: GenerationRequest) -> None:
+        if request.finished:
+            return
+        request.finished = True
+        if request.cancelled:
+            return
+        exhausted = len(request.accepted) < request.params.n
+        request.on_done(GenerationResult(request.accepted[: request.params.n], self.model.version, exhausted))
+
+    def _fail_all(self, error: BaseException) -> None:
+        for request in set(self._slots.values()) | set(self._open):
+            if not request.finished:
+                request.finished = True
+                request.on_done(error)
+            self._mark_started(request)
+        self._open.clear()
+        self._slots.clear()
+        self.rows.active = 0

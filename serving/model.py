@@ -1,0 +1,106 @@
+"""One served model version: its manifest, vocabulary, backend and training names, loaded and validated."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backends import BackendError, ChunkedBackend, make_backend
+from .registry import ArtifactError, read_manifest, verify_files
+from .sampler import log_softmax
+from .settings import Settings
+
+MAX_VOCAB = 32767  # the engine keeps tokens as int16
+SANITY_NAMES = 64  # training names scored before a version may serve
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    manifest: dict
+    backend: ChunkedBackend
+    training_names: frozenset[str]
+    vocab: tuple[str, ...] = field(init=False)
+    block_size: int = field(init=False)
+    stoi: dict[str, int] = field(init=False)
+    codepoints: np.ndarray = field(init=False)  # uint32 [vocab]: decodes token arrays in one pass
+
+    def __post_init__(self):
+        self.vocab = tuple(self.manifest["vocab"])
+        if len(self.vocab) > MAX_VOCAB:
+            raise ArtifactError(f"{self.name}/{self.version}: vocabulary of {len(self.vocab)} exceeds {MAX_VOCAB}")
+        self.block_size = int(self.manifest["block_size"])
+        self.stoi = {ch: i for i, ch in enumerate(self.vocab)}
+        self.codepoints = np.array([ord(ch) for ch in self.vocab], dtype=np.uint32)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def unknown_chars(self, text: str) -> list[str]:
+        return sorted({ch for ch in text if ch not in self.stoi or ch == self.vocab[0]})
+
+    def contexts(self, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scoring inputs: contexts int64 [N, T], targets int64 [N], and each name's row count (len + 1)."""
+        t = self.block_size
+        rows, targets, lengths = [], [], []
+        for name in names:
+            ids = [self.stoi[ch] for ch in name] + [0]
+            padded = [0] * t + ids
+            rows.extend(padded[i:i + t] for i in range(len(ids)))
+            targets.extend(ids)
+            lengths.append(len(ids))
+        context = np.array(rows, dtype=np.int64).reshape(-1, t)
+        return context, np.array(targets, dtype=np.int64), np.array(lengths)
+
+    def token_logp(self, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One batched forward: (log p of every character and end token float64 [N], targets, lengths)."""
+        context, targets, lengths = self.contexts(names)
+        logp = log_softmax(self.backend.forward(context))
+        return logp[np.arange(len(targets)), targets], targets, lengths
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _check_sanity(model: LoadedModel) -> None:
+    """A smoke forward and the NLL of a few training names: finite, shaped, and better than uniform."""
+    logits = model.backend.forward(np.zeros((1, model.block_size), dtype=np.int64))
+    if logits.shape != (1, model.vocab_size):
+        raise ArtifactError(f"{model.name}/{model.version}: logits shape {logits.shape}, "
+                            f"expected (1, {model.vocab_size})")
+    names = sorted(model.training_names)[:: max(len(model.training_names) // SANITY_NAMES, 1)][:SANITY_NAMES]
+    if names:
+        logp, _, _ = model.token_logp(names)
+        mean_nll = float(-logp.mean())
+        if not math.isfinite(mean_nll) or mean_nll >= math.log(model.vocab_size):
+            raise ArtifactError(f"{model.name}/{model.version}: NLL {mean_nll:.3f} on training names is no better "
+                                f"than uniform ({math.log(model.vocab_size):.3f}); refusing the version")
+
+
+def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
+    """Load and validate; raises ArtifactError or BackendError and leaves nothing running on failure."""
+    version_dir = Path(settings.registry) / name / version
+    if not version_dir.is_dir():
+        raise ArtifactError(f"{version_dir}: no such version folder")
+    manifest = read_manifest(version_dir)
+    weights = "model.pt2" if settings.backend == "torch" else "model.onnx"
+    names_file = manifest.get("training_names")
+    verify_files(version_dir, manifest, [weights] + ([names_file] if names_file else []))
+    training_names = frozenset()
+    if names_file:
+        training_names = frozenset((version_dir / names_file).read_text(encoding="utf-8").splitlines())
+    backend = make_backend(settings.backend, version_dir, int(manifest["block_size"]), settings.forward_chunk_rows,
+                           settings.threads, settings.device)
+    model = LoadedModel(name, version, manifest, backend, training_names)
+    try:
+        _check_sanity(model)
+    except Exception as e:
+        model.close()
+        if isinstance(e, (ArtifactError, BackendError)):
+            raise
+        raise ArtifactError(f"{name}/{version}: smoke forward failed ({type(e).__name__}: {e})") from None
+    return model

@@ -1,0 +1,39 @@
+"""All of the server's configuration, read from NAMEGEN_* environment variables."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NAMEGEN_", extra="ignore")
+
+    registry: Path = Path("registry")  # export's model repository: <registry>/<name>/<version>/
+    models: Annotated[list[str], NoDecode] = []  # names to serve; empty: every name in the registry
+    default_model: str = ""  # empty: "mlp" when served, else the first name
+    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)  # forward workers
+    max_batch_rows: int = Field(4096, ge=1)  # rows in flight per scheduler step
+    forward_chunk_rows: int = Field(1024, ge=1)  # every forward runs on chunks of exactly this many rows
+    max_queue: int = Field(256, ge=1)  # requests waiting per model before 429
+    request_timeout_s: float = Field(30.0, gt=0)  # deadline -> 504
+    max_body_bytes: int = Field(1 << 20, ge=1024)  # larger bodies -> 413
+    attempts_per_name: int = Field(20, ge=1)  # rejection budget for unique / exclude_training / max_length
+    watch_interval_s: float = Field(1.0, gt=0)  # how often LATEST files are polled
+    admin_token: str = ""  # empty: the admin API is disabled
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "info"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        # NAMEGEN_MODELS=mlp,bigram-counts rather than JSON
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
