@@ -1,0 +1,1 @@
+"""Checkpoint -> folded ONNX + torch.export model, parity-checked, published into a model registry."""

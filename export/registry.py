@@ -1,0 +1,268 @@
+"""The model registry, like Triton's model repository: the folder layout is the whole contract.
+
+    DIR/<name>/<version>/{model.onnx, model.pt2, manifest.json, training_names.txt}
+    DIR/<name>/LATEST        the version serving should use, then a newline
+
+Versions are UTC timestamps (YYYYMMDDTHHMMSSffffffZ), so string order is creation order.
+A published version folder is never modified; only LATEST moves.
+
+Atomicity: a version is written into a temporary folder in DIR, fsynced, and renamed into place
+whole; LATEST is replaced with os.replace of a fsynced temp file. Both renames are atomic on POSIX,
+so at any instant, kill -9 included, LATEST names a complete version and earlier versions are
+untouched. A kill leaves at most a `.staging-*` folder or a `.LATEST.*.tmp` file: model names never
+start with a dot, so no reader mistakes them for models.
+
+No torch here: `python -m export list` and `rollback` stay cheap.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+from .errors import ExportError
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
+VERSION_PATTERN = re.compile(r"\d{8}T\d{12}Z")
+VERSION_FORMAT = "%Y%m%dT%H%M%S%fZ"
+LATEST_FILE = "LATEST"
+MANIFEST_FILE = "manifest.json"
+ONNX_FILE = "model.onnx"
+PT2_FILE = "model.pt2"
+TRAINING_NAMES_FILE = "training_names.txt"
+VERSION_FILES = (ONNX_FILE, PT2_FILE, MANIFEST_FILE, TRAINING_NAMES_FILE)
+
+
+class RegistryError(ExportError):
+    pass
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise RegistryError(f"model name {name!r}: use lowercase letters, digits and . _ - "
+                            "(starting with a letter or digit)")
+    return name
+
+
+def check_version(version: str) -> str:
+    if not VERSION_PATTERN.fullmatch(version):
+        raise RegistryError(f"version {version!r}: not a version (expected like 20261122T004501123456Z)")
+    return version
+
+
+def version_time(version: str) -> datetime:
+    return datetime.strptime(check_version(version), VERSION_FORMAT).replace(tzinfo=timezone.utc)
+
+
+def created_at(version: str) -> str:
+    """ISO 8601 UTC, e.g. 2026-11-22T00:45:01.123456Z."""
+    return version_time(version).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def registry_root(path: str | Path, create: bool = False) -> Path:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RegistryError(f"registry {path}: is a file, not a folder")
+    if not path.exists():
+        if not create:
+            raise RegistryError(f"registry {path}: no such folder")
+        path.mkdir(parents=True)
+    return path
+
+
+def versions(root: Path, name: str) -> list[str]:
+    """Every published version of `name`, oldest first."""
+    name_dir = root / name
+    if not name_dir.is_dir():
+        return []
+    return sorted(p.name for p in name_dir.iterdir() if p.is_dir() and VERSION_PATTERN.fullmatch(p.name))
+
+
+def is_complete(root: Path, name: str, version: str) -> bool:
+    return all((root / name / version / f).is_file() for f in VERSION_FILES)
+
+
+def read_latest(root: Path, name: str) -> str | None:
+    try:
+        text = (root / name / LATEST_FILE).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None
+    return text if VERSION_PATTERN.fullmatch(text) else None
+
+
+def read_manifest(root: Path, name: str, version: str) -> dict | None:
+    try:
+        return json.loads((root / name / version / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(folder)
+
+
+@dataclass
+class Staging:
+    """A version being written: files go into `path`, which publish() renames to root/name/version."""
+
+    root: Path
+    name: str
+    version: str
+    path: Path
+
+    @property
+    def created_at(self) -> str:
+        return created_at(self.version)
+
+
+def _next_version(root: Path, name: str) -> str:
+    stamp = datetime.now(timezone.utc)
+    existing = versions(root, name)
+    if existing:
+        # Bump by a microsecond past the newest, so order stays creation order even if the clock steps back.
+        stamp = max(stamp, version_time(existing[-1]) + timedelta(microseconds=1))
+    return stamp.strftime(VERSION_FORMAT)
+
+
+def stage(root: Path, name: str) -> Staging:
+    """Pick the next version of `name` and make an empty temporary folder in `root` to write it into."""
+    check_name(name)
+    version = _next_version(root, name)
+    path = Path(tempfile.mkdtemp(dir=root, prefix=f".staging-{name}-{version}-"))
+    return Staging(root, name, version, path)
+
+
+def discard(staging: Staging) -> None:
+    shutil.rmtree(staging.path, ignore_errors=True)
+
+
+def set_latest(root: Path, name: str, version: str) -> None:
+    """Point LATEST at `version`: temp file, fsync, os.replace, fsync the folder."""
+    name_dir = root / name
+    fd, tmp = tempfile.mkstemp(dir=name_dir, prefix=f".{LATEST_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(version + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a server running as another user must read it
+        os.replace(tmp, name_dir / LATEST_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(name_dir)
+
+
+def publish(staging: Staging, keep: int | None = None,
+            _fault: Callable[[str], None] | None = None) -> Path:
+    """Move the staged version into place, point LATEST at it, prune to `keep` versions.
+
+    `_fault(step)` is called at "staged" (files fsynced, not yet renamed) and "renamed" (version in
+    place, LATEST not yet moved): tests raise or stall there to show a failure leaves a sound registry.
+    """
+    fault = _fault or (lambda step: None)
+    target = staging.root / staging.name / staging.version
+    try:
+        missing = [f for f in VERSION_FILES if not (staging.path / f).is_file()]
+        if missing:
+            raise RegistryError(f"{staging.name}/{staging.version}: incomplete, missing {', '.join(missing)}")
+        os.chmod(staging.path, 0o755)  # mkdtemp makes it 0700
+        _fsync_tree(staging.path)
+        fault("staged")
+        target.parent.mkdir(exist_ok=True)  # only now: a refused first export leaves no empty model folder
+        if target.exists():
+            raise RegistryError(f"{target}: already exists (a concurrent publish?); export again")
+        try:
+            os.rename(staging.path, target)
+        except OSError as e:  # lost a race for the same version to another publisher
+            raise RegistryError(f"{target}: cannot publish ({e.strerror}); export again") from None
+    except BaseException:
+        discard(staging)
+        raise
+    _fsync_dir(target.parent)
+    _fsync_dir(staging.root)
+    fault("renamed")
+    set_latest(staging.root, staging.name, staging.version)
+    if keep is not None:
+        prune(staging.root, staging.name, keep)
+    return target
+
+
+def prune(root: Path, name: str, keep: int) -> list[str]:
+    """Delete all but the `keep` newest versions, never the one LATEST names. Returns the deleted ones."""
+    if keep < 1:
+        raise RegistryError(f"--keep {keep}: must keep at least one version")
+    latest = read_latest(root, name)
+    doomed = [v for v in versions(root, name)[:-keep] if v != latest]
+    for version in doomed:
+        # Rename first, so a half-deleted folder never looks like a version.
+        trash = root / f".trash-{name}-{version}-{secrets.token_hex(4)}"
+        os.rename(root / name / version, trash)
+        shutil.rmtree(trash)
+    if doomed:
+        _fsync_dir(root / name)
+    return doomed
+
+
+def rollback(root: Path, name: str, to: str | None = None) -> tuple[str | None, str]:
+    """Point LATEST at `to`, or at the version before the current LATEST. Returns (old, new)."""
+    check_name(name)
+    if not (root / name).is_dir():
+        raise RegistryError(f"no model named {name!r} in {root}")
+    current = read_latest(root, name)
+    published = versions(root, name)
+    if to is not None:
+        check_version(to)
+        if to not in published:
+            raise RegistryError(f"{name} has no version {to}; `python -m export list --registry {root}` "
+                                "shows the versions")
+        target = to
+    else:
+        if current is None:
+            raise RegistryError(f"{name} has no LATEST to roll back from; name a version with --to")
+        older = [v for v in published if v < current]
+        if not older:
+            raise RegistryError(f"{name}: no version older than {current} to roll back to")
+        target = older[-1]
+    if not is_complete(root, name, target):
+        raise RegistryError(f"{name}/{target}: incomplete (needs {', '.join(VERSION_FILES)}); not rolling back to it")
+    set_latest(root, name, target)
+    return current, target
+
+
+@dataclass
+class VersionEntry:
+    version: str
+    manifest: dict | None  # None when unreadable
+    latest: bool
+
+
+def list_models(root: Path) -> dict[str, list[VersionEntry]]:
+    """{name: versions oldest first} for every model folder in the registry."""
+    models = {}
+    for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and NAME_PATTERN.fullmatch(p.name)):
+        latest = read_latest(root, name_dir.name)
+        models[name_dir.name] = [VersionEntry(v, read_manifest(root, name_dir.name, v), v == latest)
+                                 for v in versions(root, name_dir.name)]
+    return models
