@@ -38,3 +38,110 @@ def shared_names() -> Path:
     if not SHARED_NAMES.is_file():
         pytest.skip("../shared/data/names.txt is absent")
     return SHARED_NAMES
+
+
+# -- a real registry and real servers --------------------------------------------------------------
+import re  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import httpx  # noqa: E402
+
+TINY_MLP = dict(n_embd=8, n_hidden=64)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoints(tmp_path_factory, small_names_file) -> dict[str, Path]:
+    """A tiny mlp and a bigram-counts model trained on the small names file."""
+    from training.data import Dataset, load_names_file
+    from training.models import ModelConfig
+    from training.train import TRAIN_DEFAULTS, TrainConfig, train
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    data = Dataset.from_words(load_names_file(small_names_file), str(small_names_file))
+    train(ModelConfig("mlp", data.vocab.size, **TINY_MLP),
+          TrainConfig(steps=400, batch_size=64, lr=3e-3, optimizer="adamw", seed=1), data, root / "mlp", progress=False)
+    train(ModelConfig("bigram-counts", data.vocab.size), TRAIN_DEFAULTS["bigram-counts"], data, root / "bigram",
+          progress=False)
+    return {"mlp": root / "mlp", "bigram-counts": root / "bigram"}
+
+
+@pytest.fixture(scope="session")
+def served_registry(tmp_path_factory, trained_checkpoints) -> Path:
+    """Both checkpoints exported for real (parity checked) into a fresh registry."""
+    from export.pipeline import export_checkpoint
+
+    root = tmp_path_factory.mktemp("registry")
+    for name, checkpoint in trained_checkpoints.items():
+        export_checkpoint(checkpoint, root, name=name)
+    return root
+
+
+class ServerProcess:
+    """`python -m serving` on an ephemeral 127.0.0.1 port; its log is kept for assertions."""
+
+    def __init__(self, registry: Path, **env):
+        settings = {"NAMEGEN_REGISTRY": str(registry), "NAMEGEN_HOST": "127.0.0.1", "NAMEGEN_PORT": "0",
+                    "NAMEGEN_WATCH_INTERVAL_S": "0.2", "NAMEGEN_LOG_LEVEL": "info"}
+        settings.update({f"NAMEGEN_{k.upper()}": str(v) for k, v in env.items()})
+        self.process = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **settings})
+        self.log: list[str] = []
+        self._port = threading.Event()
+        self.url = ""
+        threading.Thread(target=self._read_log, daemon=True).start()
+        if not self._port.wait(60):
+            self.stop()
+            raise RuntimeError("server did not start:\n" + "".join(self.log))
+
+    def _read_log(self):
+        for line in self.process.stdout:
+            self.log.append(line)
+            match = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
+            if match:
+                self.url = f"http://127.0.0.1:{match.group(1)}"
+                self._port.set()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if httpx.get(self.url + "/readyz").status_code == 200:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("server not ready:\n" + "".join(self.log))
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+
+@pytest.fixture
+def start_server():
+    """Start servers with settings of the test's choosing; all are stopped afterwards."""
+    started = []
+
+    def start(registry: Path, ready: bool = True, **env) -> ServerProcess:
+        server = ServerProcess(registry, **env)
+        started.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server(served_registry):
+    """A real server with the tiny mlp (default) and bigram-counts; its URL."""
+    server = ServerProcess(served_registry)
+    server.wait_ready()
+    yield server.url
+    server.stop()

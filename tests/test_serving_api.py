@@ -1,0 +1,137 @@
+"""The HTTP contract over real HTTP against a real server and real ONNX Runtime sessions."""
+import math
+
+import httpx
+import pytest
+
+
+@pytest.fixture(scope="module")
+def http(live_server):
+    with httpx.Client(base_url=live_server, timeout=60) as client:
+        yield client
+
+
+def test_generate_returns_n_names_with_nll_version_and_echoed_seed(http):
+    body = http.post("/v1/generate", json={"n": 25, "seed": 11}).json()
+    assert body["model"] == "mlp" and body["seed"] == 11 and body["version"]
+    assert len(body["names"]) == 25
+    assert all(n["name"] and n["nll"] > 0 for n in body["names"])
+    assert http.post("/generate", json={"n": 25, "seed": 11}).json()["names"] == body["names"]  # alias, same seed
+
+
+def test_request_without_seed_gets_one_and_it_reproduces(http):
+    first = http.post("/v1/generate", json={"n": 8}).json()
+    again = http.post("/v1/generate", json={"n": 8, "seed": first["seed"]}).json()
+    assert again["names"] == first["names"]
+
+
+def test_controls_shape_the_names(http, served_registry):
+    training = set((served_registry / "mlp").glob("*/training_names.txt").__next__().read_text().split())
+    body = http.post("/v1/generate", json={"n": 40, "seed": 3, "prefix": "ma", "min_length": 4, "max_length": 7,
+                                           "unique": True, "exclude_training": True}).json()
+    names = [n["name"] for n in body["names"]]
+    assert len(names) == 40 and not body["exhausted"]
+    assert all(n.startswith("ma") and 4 <= len(n) <= 7 for n in names)
+    assert len(set(names)) == 40
+    assert not set(names) & training
+
+
+def test_greedy_and_top_1_are_the_single_most_likely_name(http):
+    greedy = http.post("/v1/generate", json={"n": 3, "temperature": 0}).json()["names"]
+    top1 = http.post("/v1/generate", json={"n": 3, "top_k": 1, "seed": 9}).json()["names"]
+    assert len({n["name"] for n in greedy}) == 1
+    assert greedy == top1
+
+
+def test_name_nll_equals_its_score(http):
+    generated = http.post("/v1/generate", json={"n": 5, "seed": 21, "prefix": "k"}).json()["names"]
+    scored = http.post("/v1/score", json={"names": [n["name"] for n in generated]}).json()["results"]
+    for g, s in zip(generated, scored):
+        assert g["nll"] == pytest.approx(s["nll"], abs=1e-4)
+
+
+def test_score_reports_each_character_and_the_end_token(http):
+    body = http.post("/v1/score", json={"names": ["emma", "zzq"]}).json()
+    emma, zzq = body["results"]
+    assert [c["char"] for c in emma["chars"]] == ["e", "m", "m", "a", "."]
+    assert emma["nll"] == pytest.approx(sum(c["nll"] for c in emma["chars"]))
+    assert emma["nll_per_char"] == pytest.approx(emma["nll"] / 5)
+    assert emma["perplexity"] == pytest.approx(math.exp(emma["nll_per_char"]))
+    assert all(c["p"] == pytest.approx(math.exp(-c["nll"])) for c in emma["chars"])
+    assert zzq["nll_per_char"] > emma["nll_per_char"]
+
+
+def test_models_lists_both_models_with_metadata(http):
+    body = http.get("/v1/models").json()
+    assert body["default"] == "mlp"
+    by_name = {m["name"]: m for m in body["models"]}
+    assert set(by_name) == {"mlp", "bigram-counts"}
+    assert by_name["bigram-counts"]["block_size"] == 1 and by_name["mlp"]["block_size"] == 3
+    assert by_name["mlp"]["vocab"][0] == "." and by_name["mlp"]["backend"] == "onnxruntime"
+    assert "val_nll" in by_name["mlp"]["metrics"]
+    assert http.post("/v1/generate", json={"n": 2, "seed": 1, "model": "bigram-counts"}).json()["model"] == \
+        "bigram-counts"
+
+
+def test_health_ready_and_metrics(http):
+    assert http.get("/healthz").json() == {"status": "ok"}
+    assert http.get("/readyz").json()["status"] == "ready"
+    http.post("/v1/generate", json={"n": 3, "seed": 1})
+    text = http.get("/metrics").text
+    for metric in ("namegen_requests_total", "namegen_request_latency_seconds", "namegen_rows_per_step",
+                   "namegen_queue_depth", "namegen_names_generated_total", "namegen_model_loaded",
+                   "namegen_reload_failures_total"):
+        assert metric in text
+    assert 'route="/v1/generate",status="200"' in text
+
+
+@pytest.mark.parametrize("body, field, words", [
+    ({"n": 0}, "n", "greater than or equal to 1"),
+    ({"n": 10001}, "n", "less than or equal to 10000"),
+    ({"n": "many"}, "n", "valid integer"),
+    ({"seed": -1}, "seed", "greater than or equal to 0"),
+    ({"temperature": -0.5}, "temperature", "greater than or equal to 0"),
+    ({"top_k": 0}, "top_k", "greater than or equal to 1"),
+    ({"min_length": 6, "max_length": 3}, "max_length", "below min_length"),
+    ({"prefix": "abcdef", "max_length": 4}, "max_length", "more than max_length"),
+    ({"prefix": "Zo9!"}, "prefix", "'!', '9', 'Z'"),
+    ({"unique": "perhaps"}, "unique", "valid boolean"),
+    ({"temprature": 1}, "temprature", "Extra inputs"),
+])
+def test_invalid_generate_fields_are_422_naming_the_field(http, body, field, words):
+    response = http.post("/v1/generate", json=body)
+    assert response.status_code == 422
+    errors = response.json()["detail"]
+    assert any(e["loc"][-1] == field and words in e["msg"] for e in errors), errors
+
+
+@pytest.mark.parametrize("body, loc", [
+    ({"names": []}, ["body", "names"]),
+    ({"names": ["emma", ""]}, ["body", "names", 1]),
+    ({"names": ["emma", "Émile"]}, ["body", "names", 1]),
+    ({"names": ["a" * 65]}, ["body", "names", 0]),
+    ({}, ["body", "names"]),
+])
+def test_invalid_score_bodies_are_422_naming_the_field(http, body, loc):
+    response = http.post("/v1/score", json=body)
+    assert response.status_code == 422
+    assert any(e["loc"] == loc for e in response.json()["detail"])
+
+
+def test_unknown_model_is_404_naming_the_served_ones(http):
+    for path, body in [("/v1/generate", {"model": "gpt"}), ("/v1/score", {"names": ["x"], "model": "gpt"})]:
+        response = http.post(path, json=body)
+        assert response.status_code == 404
+        assert "'gpt'" in response.json()["detail"] and "mlp" in response.json()["detail"]
+
+
+def test_malformed_json_and_oversized_bodies_are_4xx(http):
+    assert http.post("/v1/generate", content=b'{"n": 3', headers={"content-type": "application/json"}
+                     ).status_code in (400, 422)
+    huge = {"names": ["a"] * 400_000}
+    response = http.post("/v1/score", json=huge)
+    assert response.status_code == 413 and "bytes" in response.json()["detail"]
+
+
+def test_admin_reload_is_disabled_without_a_token(http):
+    assert http.post("/v1/admin/reload").status_code == 403

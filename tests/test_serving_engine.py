@@ -1,0 +1,146 @@
+"""The engine in process: batch-invariant seeds, prefix stability, backends agreeing, no torch by default."""
+import random
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import ROOT
+from serving.engine import Engine, SamplingParams
+from serving.model import load_version
+from serving.registry import latest_version
+from serving.schemas import MAX_NAME_LENGTH
+from serving.settings import Settings
+
+
+def make_engine(registry, name="mlp", max_batch_rows=4096, threads=2, backend="onnxruntime", chunk=1024):
+    settings = Settings(registry=registry, threads=threads, max_batch_rows=max_batch_rows, backend=backend,
+                        forward_chunk_rows=chunk)
+    model = load_version(settings, name, latest_version(registry, name))
+    return Engine(model, max_batch_rows, max_queue=10_000, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
+
+
+SEEDED = [SamplingParams(n=60, seed=5), SamplingParams(n=30, seed=6, temperature=0.7, top_k=6),
+          SamplingParams(n=20, seed=7, prefix="ja", unique=True, min_length=4, max_length=9),
+          SamplingParams(n=25, seed=8, exclude_training=True, unique=True)]
+
+
+def mixed_run(engine, seeded, noise_requests=40):
+    """Seeded requests submitted in the middle of random traffic; returns their names in order."""
+    results = {}
+    done = threading.Event()
+    pending = [len(seeded) + noise_requests]
+    lock = threading.Lock()
+
+    def finish(key):
+        def record(result):
+            results[key] = result
+            with lock:
+                pending[0] -= 1
+                if pending[0] == 0:
+                    done.set()
+        return record
+
+    rng = random.Random(0)
+    order = [("seeded", i) for i in range(len(seeded))] + [("noise", i) for i in range(noise_requests)]
+    rng.shuffle(order)
+    for kind, i in order:
+        params = seeded[i] if kind == "seeded" else SamplingParams(
+            n=rng.randint(1, 300), seed=rng.randrange(2**63), temperature=rng.choice([0.5, 1.0, 1.5]),
+            prefix=rng.choice(["", "a", "mar"]), unique=rng.random() < 0.3)
+        engine.submit(params, finish((kind, i)))
+    assert done.wait(300)
+    return [results[("seeded", i)].names for i in range(len(seeded))]
+
+
+def test_seeded_requests_are_identical_alone_or_mixed_for_any_batch_rows_and_threads(served_registry):
+    reference_engine = make_engine(served_registry, max_batch_rows=4096, threads=1)
+    alone = [reference_engine.generate(p).names for p in SEEDED]
+    reference_engine.stop()
+    mismatched = total = 0
+    for rows, threads in [(1, 1), (7, 2), (100, 2), (4096, 2)]:
+        engine = make_engine(served_registry, max_batch_rows=rows, threads=threads)
+        mixed = mixed_run(engine, SEEDED, noise_requests=8 if rows == 1 else 40)
+        engine.stop()
+        for solo, together in zip(alone, mixed):
+            total += len(solo)
+            mismatched += sum(a != b for a, b in zip(solo, together)) + abs(len(solo) - len(together))
+    assert total > 500
+    assert mismatched == 0, f"{mismatched} of {total} names differ"  # names and their NLLs, exactly
+
+
+def test_first_k_names_of_2k_equal_the_k_names(served_registry):
+    engine = make_engine(served_registry, max_batch_rows=64)
+    for params in SEEDED:
+        k = params.n
+        short = engine.generate(params).names
+        double = engine.generate(SamplingParams(**{**params.__dict__, "n": 2 * k})).names
+        assert double[:k] == short
+    engine.stop()
+
+
+def test_prefix_is_kept_and_stable(served_registry):
+    engine = make_engine(served_registry)
+    names = engine.generate(SamplingParams(n=50, seed=3, prefix="el")).names
+    assert all(name.startswith("el") for name, _ in names)
+    assert engine.generate(SamplingParams(n=50, seed=3, prefix="el")).names == names
+    engine.stop()
+
+
+def test_impossible_filters_exhaust_the_budget_instead_of_hanging(served_registry):
+    engine = make_engine(served_registry)
+    result = engine.generate(SamplingParams(n=5, seed=1, temperature=0, unique=True), timeout=60)
+    assert len(result.names) == 1 and result.exhausted  # greedy yields one name only
+    engine.stop()
+
+
+def test_onnxruntime_and_torch_backends_agree(served_registry):
+    params = [SamplingParams(n=1000, seed=s) for s in (1, 2, 3)]
+    ort_engine = make_engine(served_registry, backend="onnxruntime")
+    torch_engine = make_engine(served_registry, backend="torch")
+    ort_names = [name for p in params for name, _ in ort_engine.generate(p).names]
+    torch_names = [name for p in params for name, _ in torch_engine.generate(p).names]
+    ort_engine.stop()
+    torch_engine.stop()
+    agreement = sum(a == b for a, b in zip(ort_names, torch_names)) / len(ort_names)
+    assert len(ort_names) == 3000 and agreement >= 0.999, agreement
+
+
+def test_onnxruntime_serving_never_imports_torch(served_registry):
+    script = f"""
+import sys
+from fastapi.testclient import TestClient
+from serving.app import create_app
+from serving.settings import Settings
+with TestClient(create_app(Settings(registry={str(served_registry)!r}))) as client:
+    assert client.post("/v1/generate", json={{"n": 5, "seed": 1}}).status_code == 200
+    assert client.post("/v1/score", json={{"names": ["emma"]}}).status_code == 200
+print("torch" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_cuda_without_a_gpu_fails_at_start_with_one_line(served_registry):
+    for backend in ("onnxruntime", "torch"):
+        result = subprocess.run([sys.executable, "-m", "serving"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=120, env={**__import__("os").environ, "NAMEGEN_REGISTRY": str(served_registry),
+                                                  "NAMEGEN_DEVICE": "cuda", "NAMEGEN_BACKEND": backend})
+        assert result.returncode == 2
+        assert result.stderr.startswith("error: NAMEGEN_DEVICE=cuda") and len(result.stderr.splitlines()) == 1
+
+
+def test_bad_setting_fails_at_start_with_one_line():
+    result = subprocess.run([sys.executable, "-m", "serving"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**__import__("os").environ, "NAMEGEN_MAX_BATCH_ROWS": "zero"})
+    assert result.returncode == 2 and "NAMEGEN_MAX_BATCH_ROWS" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["bigram-counts"])
+def test_bigram_model_generates_through_the_same_engine(served_registry, name):
+    engine = make_engine(served_registry, name=name)
+    names = engine.generate(SamplingParams(n=100, seed=4)).names
+    assert len(names) == 100 and all(nll > 0 for _, nll in names)
+    engine.stop()
