@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 class BackendError(Exception):
@@ -38,13 +41,22 @@ class ChunkedBackend:
         padded[: len(chunk)] = chunk
         return padded
 
-    def forward(self, context: np.ndarray) -> np.ndarray:
+    def forward_map(self, context: np.ndarray, then: Callable[[slice, np.ndarray], T]) -> list[T]:
+        """For each chunk, in order: then(rows of the chunk, its logits [rows, V]), run on the chunk's worker
+        thread, so row-wise work after the forward (sampling) is parallel too."""
         rows = len(context)
+
+        def run(start: int) -> T:
+            stop = min(start + self.chunk_rows, rows)
+            return then(slice(start, stop), self._run_chunk(self._padded(context, start))[: stop - start])
+
         starts = range(0, rows, self.chunk_rows)
         if len(starts) == 1:
-            return self._run_chunk(self._padded(context, 0))[:rows]
-        outputs = list(self._pool.map(lambda s: self._run_chunk(self._padded(context, s)), starts))
-        return np.concatenate(outputs)[:rows]
+            return [run(0)]
+        return list(self._pool.map(run, starts))
+
+    def forward(self, context: np.ndarray) -> np.ndarray:
+        return np.concatenate(self.forward_map(context, lambda rows, logits: logits))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -77,22 +77,31 @@ class GenerationRequest:
         hopeful = self.launched - self.rejected  # samples that may still be accepted
         return max(0, min(self.params.n - hopeful, self.max_attempts - self.launched))
 
-    def resolve(self, index: int, outcome: tuple[str, float] | None) -> None:
-        """Record a finished sample (None: rejected whatever its order) and settle the frontier."""
-        if outcome is None:
-            self.rejected += 1
-        self.resolved[index] = outcome
-        while self.frontier in self.resolved and len(self.accepted) < self.params.n:
-            settled = self.resolved.pop(self.frontier)
+    def resolve_many(self, indices: list[int], names: list[str], nlls: list[float], ended: list[bool],
+                     training_names: frozenset[str]) -> None:
+        """Record finished samples (ended=False: hit max_length) and settle the frontier in index order."""
+        if self.params.exclude_training:
+            ended = [ok and name not in training_names for ok, name in zip(ended, names)]
+        resolved = self.resolved
+        for index, name, nll, ok in zip(indices, names, nlls, ended):
+            if ok:
+                resolved[index] = (name, nll)
+            else:
+                resolved[index] = None  # rejected whatever its order
+                self.rejected += 1
+        # Acceptance in sample-index order is what makes the answer independent of batching.
+        n, unique, seen, accepted = self.params.n, self.params.unique, self.seen, self.accepted
+        while self.frontier in resolved and len(accepted) < n:
+            settled = resolved.pop(self.frontier)
             self.frontier += 1
             if settled is None:
                 continue
-            if self.params.unique:
-                if settled[0] in self.seen:
+            if unique:
+                if settled[0] in seen:
                     self.rejected += 1
                     continue
-                self.seen.add(settled[0])
-            self.accepted.append(settled)
+                seen.add(settled[0])
+            accepted.append(settled)
 
     @property
     def complete(self) -> bool:
@@ -275,13 +284,18 @@ class Engine:
         if self.on_step:
             self.on_step(n)
         length = rows.length[:n]
-        logits = self.model.backend.forward(rows.context[:n])  # [n, V]
-        token, logp = sample_step(logits, uniforms(rows.key[:n], length), rows.temperature[:n], rows.top_k[:n],
-                                  end_allowed=length >= rows.min_length[:n])
-        forced = length < rows.prefix_length[:n]
-        if forced.any():
-            token[forced] = rows.tokens[:n][forced, length[forced]]
-        rows.nll[:n] -= logp[token, np.arange(n)]
+        u = uniforms(rows.key[:n], length)
+        forced = np.where(length < rows.prefix_length[:n], rows.tokens[np.arange(n), length], -1)
+        end_allowed = length >= rows.min_length[:n]
+        temperature, top_k = rows.temperature[:n], rows.top_k[:n]
+
+        def sample(chunk: slice, logits: np.ndarray):  # runs on the chunk's forward thread
+            return sample_step(logits, u[chunk], temperature[chunk], top_k[chunk], end_allowed[chunk],
+                               forced[chunk])
+
+        parts = self.model.backend.forward_map(rows.context[:n], sample)
+        token = np.concatenate([p[0] for p in parts])
+        rows.nll[:n] -= np.concatenate([p[1] for p in parts])
         ended = token == 0
         too_long = ~ended & (length >= rows.max_length[:n])
         growing = np.flatnonzero(~ended & ~too_long)
@@ -300,23 +314,24 @@ class Engine:
         if not done.any():
             return
         done_rows = np.flatnonzero(done)
+        slots = rows.request[done_rows]
+        order = np.argsort(slots, kind="stable")  # one group of rows per request
+        done_rows, slots = done_rows[order], slots[order]
         names = self._decode(done_rows)
-        training = self.model.training_names
-        touched = set()
-        for slot, index, name, nll, ok in zip(rows.request[done_rows].tolist(), rows.sample_index[done_rows].tolist(),
-                                              names, rows.nll[done_rows].tolist(), ended[done_rows].tolist()):
+        indices = rows.sample_index[done_rows].tolist()
+        nlls = rows.nll[done_rows].tolist()
+        ok = ended[done_rows].tolist()
+        cuts = (np.flatnonzero(np.diff(slots)) + 1).tolist()
+        for slot, lo, hi in zip(slots[[0, *cuts]].tolist(), [0, *cuts], [*cuts, len(slots)]):
             request = self._slots[slot]
             if request.finished or request.cancelled:
                 continue
-            rejected = not ok or (request.params.exclude_training and name in training)
-            request.resolve(index, None if rejected else (name, nll))
-            touched.add(request)
+            request.resolve_many(indices[lo:hi], names[lo:hi], nlls[lo:hi], ok[lo:hi], self.model.training_names)
+            if request.complete:
+                self._finish(request)
         rows.keep(~done)
         for slot in stale:
             del self._slots[slot]
-        for request in touched:
-            if request.complete:
-                self._finish(request)
 
     def _decode(self, done_rows: np.ndarray) -> list[str]:
         """All finished names in one pass: code points, a newline after each, one decode, one split."""

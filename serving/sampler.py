@@ -43,33 +43,43 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def sample_step(logits: np.ndarray, u: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
-                end_allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                end_allowed: np.ndarray, forced: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One character per row by inverse CDF of the tempered, top-k-truncated model distribution.
 
     logits float32 [rows, vocab]; u float64 [rows]; temperature float64 [rows] (0: greedy); top_k int
-    [rows] (0: off); end_allowed bool [rows] (False masks index 0, the end token, for min_length).
-    Returns (chosen int64 [rows], log p of every vocab entry under the untempered model float32
-    [vocab, rows]). Work is done on the transpose [vocab, rows], so every reduction runs along the
-    vocabulary in the same order for each row, vectorised across rows.
+    [rows] (0: off); end_allowed bool [rows] (False masks index 0, the end token, for min_length);
+    forced int64 [rows] (>= 0: take this character instead of drawing one, e.g. a prefix).
+    Returns (chosen int64 [rows], its log-probability under the untempered model float64 [rows]).
+    Work is done on the transpose [vocab, rows], so every reduction runs along the vocabulary in the
+    same order for each row, vectorised across rows.
     """
     z = np.ascontiguousarray(logits.T)  # [V, R]
     z -= z.max(axis=0)
     weights = np.exp(z)
     cdf = _cumsum_over_vocab(weights)
-    logp = z - np.log(cdf[-1])  # the model's own distribution: NLLs are measured on it
     vocab, rows = z.shape
     chosen = np.empty(rows, dtype=np.int64)
 
     plain = (temperature == 1.0) & (top_k == 0) & end_allowed
     if not plain.all():
         special = np.flatnonzero(~plain)
-        cdf[:, special] = _cumsum_over_vocab(_special_weights(z[:, special], temperature[special], top_k[special],
-                                                              end_allowed[special], chosen, special))
+        weights[:, special] = _special_weights(z[:, special], temperature[special], top_k[special],
+                                               end_allowed[special], chosen, special)
+        cdf_plain_total = cdf[-1].copy()  # the model's normaliser, before reshaping
+        cdf[:, special] = _cumsum_over_vocab(weights[:, special])
+    else:
+        cdf_plain_total = cdf[-1]
     total = cdf[-1]
-    index = (cdf <= u.astype(np.float32) * total).sum(axis=0)  # first entry whose cdf exceeds the target
-    last_positive = (cdf < total).sum(axis=0)  # u * total may round up to total
     sampled = temperature > 0
-    chosen[sampled] = np.minimum(index, last_positive)[sampled]
+    index = np.count_nonzero(cdf <= u.astype(np.float32) * total, axis=0)  # first entry whose cdf exceeds u
+    index = np.minimum(index, vocab - 1)
+    unlucky = weights[index, np.arange(rows)] == 0  # u * total rounded up onto a zero-weight tail
+    if unlucky.any():
+        index[unlucky] = np.count_nonzero(cdf[:, unlucky] < total[unlucky], axis=0)
+    chosen[sampled] = index[sampled]
+    take = forced >= 0
+    chosen[take] = forced[take]
+    logp = z[chosen, np.arange(rows)].astype(np.float64) - np.log(cdf_plain_total.astype(np.float64))
     return chosen, logp
 
 
