@@ -1,10 +1,12 @@
-# The two commands: `make run` (set up, train, serve) and `make test` (the whole suite).
+# The two commands: `make run` (set up, train, export, serve) and `make test` (the whole suite).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/default
+REGISTRY ?= registry
+MODELS ?= mlp bigram-counts
 
-.PHONY: setup test run train bench-quality clean
+.PHONY: setup test run serve train export bench bench-quality clean
 
 # The venv is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -19,15 +21,29 @@ setup: $(VENV)/.installed
 test: setup
 	$(PY) -m pytest -q
 
-train: setup
-	$(PY) -m training train --model mlp --out $(RUN_DIR)
+# Train each model on the default dataset (SSA 2017 names); an interrupted run is resumed.
+$(RUN_DIR)/%/.trained: | setup
+	$(PY) -m training train --model $* --out $(RUN_DIR)/$* $(if $(wildcard $(RUN_DIR)/$*/train_state.pt),--resume)
+	$(PY) -m training eval $(RUN_DIR)/$*
+	touch $@
 
-run: train
-	$(PY) -m training eval $(RUN_DIR)
-	@echo "Trained and evaluated $(RUN_DIR). Serving is not built yet; see README."
+# Publish each trained model into the registry (parity-checked) once.
+$(REGISTRY)/%/LATEST: $(RUN_DIR)/%/.trained
+	$(PY) -m export $(RUN_DIR)/$* --registry $(REGISTRY) --name $*
 
-bench-quality: setup
+train: $(foreach m,$(MODELS),$(RUN_DIR)/$(m)/.trained)
+export: $(foreach m,$(MODELS),$(REGISTRY)/$(m)/LATEST)
+
+run: export
+	@echo "serving $(MODELS) from $(REGISTRY) on http://127.0.0.1:8000 (docs at /docs); Ctrl-C stops it"
+	NAMEGEN_REGISTRY=$(REGISTRY) $(PY) -m serving
+
+bench: setup
 	$(PY) bench/quality.py
+	$(PY) bench/export_speed.py
+	$(PY) bench/serving_engine.py
+	$(PY) bench/serving_http.py
+	$(PY) bench/serving_startup.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs $(REGISTRY)

@@ -138,9 +138,10 @@ class Engine:
     """Continuous batching for one model version, on its own thread."""
 
     def __init__(self, model: LoadedModel, max_batch_rows: int, max_queue: int, max_name_length: int,
-                 attempts_per_name: int, on_step: Callable[[int], None] | None = None):
+                 attempts_per_name: int, on_step: Callable[[int], None] | None = None, max_active_requests: int = 0):
         self.model = model
         self.max_batch_rows = max_batch_rows
+        self.max_active_requests = max_active_requests  # 0: any number; 1: one request at a time
         self.max_queue = max_queue
         self.attempts_per_name = attempts_per_name
         self.on_step = on_step  # metrics hook: rows in this step
@@ -229,12 +230,16 @@ class Engine:
         """Give free rows to requests in arrival order; drop the ones that are answered or abandoned."""
         rows = self.rows
         still_open: deque[GenerationRequest] = deque()
+        active_requests = 0
         for request in self._open:
             if request.finished or request.cancelled or request.complete:
                 self._finish(request)
                 self._mark_started(request)
                 continue
             still_open.append(request)
+            if self.max_active_requests and active_requests >= self.max_active_requests:
+                continue
+            active_requests += 1
             count = min(request.rows_wanted(), self.max_batch_rows - rows.active)
             if count > 0:
                 self._launch(request, count)

@@ -93,7 +93,8 @@ class ModelManager:
             return {"status": "rejected", "version": version, "error": str(e)}
         engine = Engine(model, self.settings.max_batch_rows, self.settings.max_queue, MAX_NAME_LENGTH,
                         self.settings.attempts_per_name,
-                        on_step=self.metrics.rows_per_step.labels(name).observe)
+                        on_step=self.metrics.rows_per_step.labels(name).observe,
+                        max_active_requests=self.settings.max_active_requests)
         self._served[name] = Served(model, engine)  # the swap: new requests go to the new version
         if current is not None:
             self.metrics.reloads.labels(name).inc()

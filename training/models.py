@@ -15,8 +15,8 @@ class ModelConfig:
     model_type: str
     vocab_size: int
     block_size: int = 3
-    n_embd: int = 24  # mlp: embedding width per character
-    n_hidden: int = 512  # mlp: width of every hidden layer
+    n_embd: int = 16  # mlp: embedding width per character
+    n_hidden: int = 256  # mlp: width of every hidden layer
     n_layers: int = 1  # mlp: number of Linear -> BatchNorm -> tanh blocks
     smoothing: float = 1.0  # bigram-counts: add-k
     bn_momentum: float = 0.01  # running statistics; the lectures used 0.001 at batch 32

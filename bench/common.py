@@ -1,0 +1,55 @@
+"""What every benchmark shares: the machine line, the default mlp checkpoint, a registry to serve it from."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "names.txt"
+RUNS = ROOT / "runs"
+
+
+def machine_line(name: str) -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{name}  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  {platform.platform()}  "
+            f"{platform.processor() or platform.machine()}  {os.cpu_count()} CPUs (load average {load})")
+
+
+def trained_checkpoint(model: str = "mlp", *extra_args: str, data: Path = DATA, threads: int = 1) -> Path:
+    """runs/bench-<model>: trained on makemore's names.txt with the CLI defaults, reused once finished."""
+    out = RUNS / f"bench-{model}"
+    meta = out / "checkpoint.json"
+    if meta.is_file() and json.loads(meta.read_text())["training"]["finished"]:
+        print(f"reusing {out} (delete it to train again)", file=sys.stderr)
+        return out
+    if not data.is_file():
+        sys.exit(f"error: {data} is absent; the benchmarks need makemore's names.txt")
+    print(f"training {model} on {data} into {out}", file=sys.stderr)
+    # One OpenMP thread per core crawls whenever a neighbour holds a core on a small shared machine.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    subprocess.run([sys.executable, "-m", "training", "train", "--model", model, "--data", str(data), "--out",
+                    str(out), "--overwrite", "--no-plots", "--quiet", *extra_args], cwd=ROOT, check=True, env=env)
+    return out
+
+
+def served_registry(checkpoints: dict[str, Path]) -> Path:
+    """runs/bench-registry with each checkpoint exported under its name (re-exported when retrained)."""
+    sys.path.insert(0, str(ROOT))
+    from export.pipeline import export_checkpoint
+    from serving.registry import latest_version, read_manifest
+
+    registry = RUNS / "bench-registry"
+    for name, checkpoint in checkpoints.items():
+        version = latest_version(registry, name)
+        if version:
+            manifest = read_manifest(registry / name / version)
+            if manifest.get("checkpoint") == str(checkpoint.resolve()) and \
+                    manifest["metrics"] == json.loads((checkpoint / "checkpoint.json").read_text())["metrics"]:
+                continue
+        export_checkpoint(checkpoint, registry, name=name, keep=2)
+    return registry

@@ -1,0 +1,93 @@
+"""Engine throughput in process: continuous batching against the lectures' sampling loop, same run.
+
+    .venv/bin/python bench/serving_engine.py [--model mlp] [--names 50000] [--threads 2]
+
+The baseline is lecture 2's loop: one name at a time, one torch forward per character
+(torch.multinomial on the softmax), on the trained model in eval mode. The engine runs the exported
+ONNX model of the same checkpoint at several NAMEGEN_MAX_BATCH_ROWS settings. Medians of several runs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from common import ROOT, machine_line, served_registry, trained_checkpoint
+
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from serving.engine import Engine, SamplingParams  # noqa: E402
+from serving.model import load_version  # noqa: E402
+from serving.registry import latest_version  # noqa: E402
+from serving.schemas import MAX_NAME_LENGTH  # noqa: E402
+from serving.settings import Settings  # noqa: E402
+from training.checkpoint import load_checkpoint  # noqa: E402
+
+RUNS = 5
+BATCH_ROWS = (256, 1024, 4096, 16384)
+
+
+@torch.no_grad()
+def lecture_loop(model, names: int, seed: int) -> list[str]:
+    """Lecture 2's sampler, as written there: one forward per character of one name."""
+    g = torch.Generator().manual_seed(seed)
+    out_names = []
+    for _ in range(names):
+        out, context = [], [0] * model.cfg.block_size
+        while True:
+            logits = model(torch.tensor([context]))
+            probs = torch.softmax(logits, dim=1)
+            ix = torch.multinomial(probs, num_samples=1, generator=g).item()
+            context = context[1:] + [ix]
+            out.append(ix)
+            if ix == 0:
+                break
+        out_names.append(out)
+    return out_names
+
+
+def median_rate(run, count: int) -> float:
+    rates = []
+    for i in range(RUNS):
+        start = time.perf_counter()
+        run(i)
+        rates.append(count / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="mlp", help="model type to train and serve (default mlp)")
+    p.add_argument("--names", type=int, default=50_000, help="names per engine run")
+    p.add_argument("--baseline-names", type=int, default=300, help="names per lecture-loop run")
+    p.add_argument("--threads", type=int, default=2, help="engine forward threads (NAMEGEN_THREADS)")
+    args = p.parse_args()
+
+    checkpoint_dir = trained_checkpoint(args.model)
+    registry = served_registry({args.model: checkpoint_dir})
+    torch.set_num_threads(1)  # the lecture loop is one row at a time; more threads only add overhead
+    model = load_checkpoint(checkpoint_dir).model.eval()
+    baseline = median_rate(lambda i: lecture_loop(model, args.baseline_names, i), args.baseline_names)
+
+    print(machine_line("serving_engine"))
+    meta = load_checkpoint(checkpoint_dir).meta
+    print(f"model {args.model}: {meta['parameters']} params, block_size {meta['block_size']}, "
+          f"val NLL {meta['metrics']['val_nll']:.4f}; engine threads {args.threads}, onnxruntime, "
+          f"medians of {RUNS} runs")
+    print(f"  lecture loop (torch, 1 name at a time): {baseline:>12,.0f} names/s")
+    for rows in BATCH_ROWS:
+        settings = Settings(registry=registry, threads=args.threads, max_batch_rows=rows)
+        loaded = load_version(settings, args.model, latest_version(registry, args.model))
+        engine = Engine(loaded, rows, max_queue=16, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
+        engine.generate(SamplingParams(n=2000, seed=0))  # warm-up
+        rate = median_rate(lambda i: engine.generate(SamplingParams(n=args.names, seed=i + 1)), args.names)
+        engine.stop()
+        loaded.close()
+        print(f"  engine, max_batch_rows {rows:>6}:        {rate:>12,.0f} names/s  {rate / baseline:>7.0f}x")
+
+
+if __name__ == "__main__":
+    main()
