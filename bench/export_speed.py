@@ -3,7 +3,7 @@
     .venv/bin/python bench/export_speed.py [--checkpoint DIR] [--data ../shared/data/names.txt]
 
 Without --checkpoint, trains the default mlp (`python -m training train --model mlp`, a few minutes)
-into runs/bench-export-mlp, or reuses the finished checkpoint already there. The export goes through
+into runs/bench-mlp, or reuses the finished checkpoint already there. The export goes through
 the real pipeline (fold, ONNX, parity check) into a temporary registry. The baseline is the unfused
 trained model in torch eval mode, run beside ONNX Runtime in the same process on the same contexts,
 both with --threads intra-op threads (default 1: on a small shared machine, torch's OpenMP pool with
@@ -12,18 +12,15 @@ one thread per core stalls whenever another process holds a core, which measures
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import DATA, ROOT, machine_line, trained_checkpoint
+
 sys.path.insert(0, str(ROOT))
 
 import onnxruntime as ort  # noqa: E402
@@ -34,27 +31,13 @@ from export.pipeline import export_checkpoint  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.data import Dataset  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "names.txt"
-DEFAULT_CHECKPOINT = ROOT / "runs" / "bench-export-mlp"
 BATCH_SIZES = (1, 1024)
 RUNS = 7
 ROWS_PER_RUN = 20480  # each run pushes this many rows: 20480 calls at batch 1, 20 at batch 1024
 
 
 def _checkpoint(args) -> Path:
-    if args.checkpoint:
-        return args.checkpoint
-    meta_path = DEFAULT_CHECKPOINT / "checkpoint.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text())["training"]["finished"]:
-        print(f"reusing {DEFAULT_CHECKPOINT} (delete it to train again)", file=sys.stderr)
-        return DEFAULT_CHECKPOINT
-    print(f"training the default mlp on {args.data} into {DEFAULT_CHECKPOINT} (a few minutes)", file=sys.stderr)
-    # Same thread count as the timings: one OpenMP thread per core crawls when a neighbour holds a core.
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(args.threads))}
-    subprocess.run([sys.executable, "-m", "training", "train", "--model", "mlp", "--data", str(args.data),
-                    "--out", str(DEFAULT_CHECKPOINT), "--overwrite", "--no-plots", "--quiet"], cwd=ROOT, check=True,
-                   env=env)
-    return DEFAULT_CHECKPOINT
+    return args.checkpoint or trained_checkpoint("mlp", data=args.data, threads=args.threads)
 
 
 def _seconds_per_row(forward, contexts: torch.Tensor, batch: int) -> float:
@@ -74,7 +57,7 @@ def _seconds_per_row(forward, contexts: torch.Tensor, batch: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, help="an mlp checkpoint folder (default: train one)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for both torch and ONNX Runtime")
     args = p.parse_args()
 
@@ -107,10 +90,8 @@ def main() -> None:
                 timings[batch] = (_seconds_per_row(model, shuffled, batch),
                                   _seconds_per_row(run_onnx, onnx_inputs, batch))
 
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     m = checkpoint.meta
-    print(f"export_speed  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  {platform.platform()}  "
-          f"{platform.processor() or platform.machine()}  {os.cpu_count()} CPUs (load average {load})")
+    print(machine_line("export_speed"))
     print(f"python {platform.python_version()}  torch {torch.__version__} ({torch.get_num_threads()} threads)  "
           f"onnxruntime {ort.__version__} ({args.threads} intra-op threads)")
     print(f"checkpoint {checkpoint_path}: {m['model_type']} {m['parameters']} params, block_size "
