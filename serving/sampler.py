@@ -71,15 +71,17 @@ def sample_step(logits: np.ndarray, u: np.ndarray, temperature: np.ndarray, top_
         cdf_plain_total = cdf[-1]
     total = cdf[-1]
     sampled = temperature > 0
-    index = np.count_nonzero(cdf <= u.astype(np.float32) * total, axis=0)  # first entry whose cdf exceeds u
-    index = np.minimum(index, vocab - 1)
-    unlucky = weights[index, np.arange(rows)] == 0  # u * total rounded up onto a zero-weight tail
+    below = cdf <= u.astype(np.float32) * total  # [V, R]: entries before the drawn one
+    index = np.minimum(below.sum(axis=0, dtype=np.int32 if vocab > 127 else np.int8), vocab - 1)
+    flat = index.astype(np.int64) * rows + np.arange(rows)  # [index, row] in the [V, R] arrays
+    unlucky = np.take(weights, flat) == 0  # u * total rounded up onto a zero-weight tail
     if unlucky.any():
         index[unlucky] = np.count_nonzero(cdf[:, unlucky] < total[unlucky], axis=0)
     chosen[sampled] = index[sampled]
     take = forced >= 0
     chosen[take] = forced[take]
-    logp = z[chosen, np.arange(rows)].astype(np.float64) - np.log(cdf_plain_total.astype(np.float64))
+    flat = chosen * rows + np.arange(rows)
+    logp = np.take(z, flat).astype(np.float64) - np.log(cdf_plain_total).astype(np.float64)
     return chosen, logp
 
 
