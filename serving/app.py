@@ -37,6 +37,67 @@ def _vocab_error(field: tuple, served: Served, text: str) -> RequestValidationEr
     }])
 
 
+class LimitAndMeasure:
+    """Plain ASGI middleware (cheaper than @app.middleware): 413 past the body limit, request metrics."""
+
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int):
+        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+                return await self._too_large(scope, receive, send_and_note)
+            if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                body = await self._read_limited(receive)  # chunked: no length to check up front
+                if body is None:
+                    return await self._too_large(scope, receive, send_and_note)
+                receive = _replay(body)
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")
+            path = route.path if route is not None else "unmatched"
+            self.metrics.requests.labels(path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+    async def _read_limited(self, receive) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def _too_large(self, scope, receive, send) -> None:
+        await JSONResponse({"detail": f"request body over {self.max_body_bytes} bytes"}, 413)(scope, receive, send)
+
+
+def _replay(body: bytes):
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+    return receive
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -67,31 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = manager
     app.state.settings = settings
 
-    # -- middleware: body limit and metrics ------------------------------------------------
-    @app.middleware("http")
-    async def limit_and_measure(request: Request, call_next):
-        started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            response = JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes"}, 413)
-        elif length is None and request.method in ("POST", "PUT", "PATCH"):
-            body = b""
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > settings.max_body_bytes:
-                    break
-            if len(body) > settings.max_body_bytes:
-                response = JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes"}, 413)
-            else:
-                request._body = body
-                response = await call_next(request)
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        path = route.path if route is not None else "unmatched"
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(LimitAndMeasure, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(UnknownModel)
     async def unknown_model(request: Request, exc: UnknownModel):

@@ -1,12 +1,15 @@
 """Forward passes: context int64 [rows, block_size] -> logits float32 [rows, vocab].
 
-Every forward runs on chunks of exactly `chunk_rows` rows (the last one padded), each chunk on one
-thread. Matrix kernels pick their blocking and reduction order from the shapes and thread count, so
-fixed shapes on single-threaded runs make a row's logits independent of its batch: the same seed
-gives the same names whatever else the server is doing.
+Every forward runs on chunks of fixed shapes (the last one padded), each chunk on one single-threaded
+run. Matrix kernels may pick their blocking and reduction order from the shapes and the thread count,
+so fixed shapes on single-threaded runs make a row's logits independent of its batch: the same seed
+gives the same names whatever else the server is doing. Two shapes keep small batches cheap: big
+chunks of `chunk_rows` and small ones of SMALL_CHUNK_ROWS for the remainder, used only after a check
+at load time that a row's logits are bit-identical in either shape at any position.
 """
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -14,6 +17,8 @@ from typing import Callable, TypeVar
 import numpy as np
 
 T = TypeVar("T")
+SMALL_CHUNK_ROWS = 64
+log = logging.getLogger("namegen.backends")
 
 
 class BackendError(Exception):
@@ -28,32 +33,57 @@ class ChunkedBackend:
     def __init__(self, block_size: int, chunk_rows: int, threads: int):
         self.block_size = block_size
         self.chunk_rows = chunk_rows
+        self.small_chunk_rows = 0  # set by check_shape_invariance when it is safe
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{self.name}-forward")
 
-    def _run_chunk(self, context: np.ndarray) -> np.ndarray:  # [chunk_rows, T] -> [chunk_rows, V]
+    def _run_chunk(self, context: np.ndarray) -> np.ndarray:  # [chunk rows, T] -> [chunk rows, V]
         raise NotImplementedError
 
-    def _padded(self, context: np.ndarray, start: int) -> np.ndarray:
-        chunk = context[start:start + self.chunk_rows]
-        if len(chunk) == self.chunk_rows:
-            return np.ascontiguousarray(chunk)
-        padded = np.zeros((self.chunk_rows, self.block_size), dtype=np.int64)
-        padded[: len(chunk)] = chunk
-        return padded
+    def _run_padded(self, context: np.ndarray, size: int) -> np.ndarray:
+        if len(context) == size:
+            return self._run_chunk(np.ascontiguousarray(context))
+        padded = np.zeros((size, self.block_size), dtype=np.int64)
+        padded[: len(context)] = context
+        return self._run_chunk(padded)[: len(context)]
+
+    def chunks(self, rows: int) -> list[tuple[int, int, int]]:
+        """(start, stop, shape) of each chunk: big ones, then small ones when the rest is small."""
+        big, small = self.chunk_rows, self.small_chunk_rows
+        plan = [(start, min(start + big, rows), big) for start in range(0, rows - rows % big, big)]
+        rest = rows % big
+        if rest and small and rest <= big // 4:
+            plan += [(start, min(start + small, rows), small) for start in range(rows - rest, rows, small)]
+        elif rest:
+            plan.append((rows - rest, rows, big))
+        return plan
 
     def forward_map(self, context: np.ndarray, then: Callable[[slice, np.ndarray], T]) -> list[T]:
         """For each chunk, in order: then(rows of the chunk, its logits [rows, V]), run on the chunk's worker
         thread, so row-wise work after the forward (sampling) is parallel too."""
-        rows = len(context)
 
-        def run(start: int) -> T:
-            stop = min(start + self.chunk_rows, rows)
-            return then(slice(start, stop), self._run_chunk(self._padded(context, start))[: stop - start])
+        def run(chunk: tuple[int, int, int]) -> T:
+            start, stop, size = chunk
+            return then(slice(start, stop), self._run_padded(context[start:stop], size))
 
-        starts = range(0, rows, self.chunk_rows)
-        if len(starts) == 1:
-            return [run(0)]
-        return list(self._pool.map(run, starts))
+        plan = self.chunks(len(context))
+        if len(plan) == 1:
+            return [run(plan[0])]
+        return list(self._pool.map(run, plan))
+
+    def check_shape_invariance(self, vocab_size: int, seed: int = 0) -> bool:
+        """Enable small chunks if a row's logits are bit-identical in a big or a small chunk at any position."""
+        rng = np.random.default_rng(seed)
+        context = rng.integers(0, vocab_size, (self.chunk_rows, self.block_size), dtype=np.int64)
+        big = self._run_chunk(context)
+        shifted = np.roll(context, 37, axis=0)  # every row at another position
+        small = np.concatenate([self._run_padded(shifted[i:i + SMALL_CHUNK_ROWS], SMALL_CHUNK_ROWS)
+                                for i in range(0, self.chunk_rows, SMALL_CHUNK_ROWS)])
+        same = bool(np.array_equal(np.roll(big, 37, axis=0), small))
+        if not same:
+            log.warning("%s: logits depend on the chunk shape here; using %d-row chunks only",
+                        self.name, self.chunk_rows)
+        self.small_chunk_rows = SMALL_CHUNK_ROWS if same and SMALL_CHUNK_ROWS < self.chunk_rows else 0
+        return same
 
     def forward(self, context: np.ndarray) -> np.ndarray:
         return np.concatenate(self.forward_map(context, lambda rows, logits: logits))

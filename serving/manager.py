@@ -38,6 +38,7 @@ class ModelManager:
         self._served: dict[str, Served] = {}
         self._rejected: dict[str, str] = {}  # name -> version that failed validation (not retried)
         self._lock = threading.Lock()  # one refresh at a time
+        self._registry_names: list[str] = []  # rescanned by refresh(), not on the request path
 
     # -- lookups (event loop) ----------------------------------------------------------------
     def served(self) -> dict[str, Served]:
@@ -61,7 +62,11 @@ class ModelManager:
         raise UnknownModel(f"unknown model {name!r}; served: {known}")
 
     def wanted_names(self) -> list[str]:
-        return list(self.settings.models) or model_names(Path(self.settings.registry))
+        """The configured names, else every name in the registry as of the last refresh."""
+        return list(self.settings.models) or self._registry_names
+
+    def _scan_registry(self) -> None:
+        self._registry_names = model_names(Path(self.settings.registry))
 
     def ready(self) -> bool:
         wanted = self.wanted_names()
@@ -71,6 +76,7 @@ class ModelManager:
     def refresh(self) -> dict[str, dict]:
         """Load every wanted model whose LATEST names a version not served yet. Returns what happened."""
         with self._lock:
+            self._scan_registry()
             return {name: self._refresh_one(name) for name in self.wanted_names()}
 
     def _refresh_one(self, name: str) -> dict:

@@ -97,6 +97,7 @@ def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
                            settings.threads, settings.device)
     model = LoadedModel(name, version, manifest, backend, training_names)
     try:
+        backend.check_shape_invariance(model.vocab_size)
         _check_sanity(model)
     except Exception as e:
         model.close()

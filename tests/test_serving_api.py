@@ -131,6 +131,9 @@ def test_malformed_json_and_oversized_bodies_are_4xx(http):
     huge = {"names": ["a"] * 400_000}
     response = http.post("/v1/score", json=huge)
     assert response.status_code == 413 and "bytes" in response.json()["detail"]
+    chunked = http.post("/v1/score", content=iter([b'{"names": [' + b'"a",' * 300_000, b'"a"]}']),
+                        headers={"content-type": "application/json"})  # no content-length: counted as read
+    assert chunked.status_code == 413
 
 
 def test_admin_reload_is_disabled_without_a_token(http):
