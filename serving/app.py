@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
@@ -10,6 +11,7 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -35,6 +37,17 @@ def _vocab_error(field: tuple, served: Served, text: str) -> RequestValidationEr
         "type": "value_error", "loc": ("body", *field), "input": text,
         "msg": f"characters not in the vocabulary of model {served.model.name!r}: {listed}",
     }])
+
+
+def _json_safe(value):
+    """NaN and Infinity as the strings the client wrote: JSON has no literal for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 class LimitAndMeasure:
@@ -129,6 +142,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
 
     app.add_middleware(LimitAndMeasure, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # FastAPI's own handler echoes each error's input and failed (a 500) on what Python's json parser lets in
+        # but UTF-8 JSON cannot carry back: NaN and Infinity, and lone surrogates ("\ud800"), which ensure_ascii
+        # escapes.
+        detail = _json_safe(jsonable_encoder(exc.errors()))
+        return Response(json.dumps({"detail": detail}, ensure_ascii=True, allow_nan=False), 422,
+                        media_type="application/json")
 
     @app.exception_handler(UnknownModel)
     async def unknown_model(request: Request, exc: UnknownModel):

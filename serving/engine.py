@@ -163,6 +163,12 @@ class Engine:
         return self._queued
 
     def submit(self, params: SamplingParams, on_done: Callable) -> GenerationRequest:
+        """Queue a request; raises ValueError for parameters the engine cannot hold (the API checks them
+        first), so a bad request never reaches the step that other requests share."""
+        unknown = {ch for ch in params.prefix if ch not in self.model.stoi or ch == self.model.vocab[0]}
+        if unknown or not 0 <= params.top_k < 2**63 or not len(params.prefix) <= params.max_length <= \
+                self.rows.tokens.shape[1] - 1 or params.n < 1:
+            raise ValueError(f"parameters the engine cannot run: {params}")
         request = GenerationRequest(params, max_attempts=params.n * self.attempts_per_name, on_done=on_done)
         with self._lock:
             if self._stopping:

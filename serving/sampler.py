@@ -11,6 +11,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _UNIT = 2.0**-53
+GREEDY_BELOW = 1e-30  # temperatures below this are greedy: the limit of sampling as T -> 0
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -46,7 +47,7 @@ def sample_step(logits: np.ndarray, u: np.ndarray, temperature: np.ndarray, top_
                 end_allowed: np.ndarray, forced: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One character per row by inverse CDF of the tempered, top-k-truncated model distribution.
 
-    logits float32 [rows, vocab]; u float64 [rows]; temperature float64 [rows] (0: greedy); top_k int
+    logits float32 [rows, vocab]; u float64 [rows]; temperature float64 [rows] (below GREEDY_BELOW: greedy); top_k int
     [rows] (0: off); end_allowed bool [rows] (False masks index 0, the end token, for min_length);
     forced int64 [rows] (>= 0: take this character instead of drawing one, e.g. a prefix).
     Returns (chosen int64 [rows], its log-probability under the untempered model float64 [rows]).
@@ -70,7 +71,7 @@ def sample_step(logits: np.ndarray, u: np.ndarray, temperature: np.ndarray, top_
     else:
         cdf_plain_total = cdf[-1]
     total = cdf[-1]
-    sampled = temperature > 0
+    sampled = temperature >= GREEDY_BELOW
     below = cdf <= u.astype(np.float32) * total  # [V, R]: entries before the drawn one
     index = np.minimum(below.sum(axis=0, dtype=np.int32 if vocab > 127 else np.int8), vocab - 1)
     flat = index.astype(np.int64) * rows + np.arange(rows)  # [index, row] in the [V, R] arrays
@@ -107,7 +108,7 @@ def _special_weights(zs, temperature, top_k, end_allowed, chosen, columns):
         descending = -np.sort(-zt, axis=0)
         threshold = descending[top_k[truncate] - 1, np.arange(zt.shape[1])]
         zs[:, truncate] = np.where(zt >= threshold, zt, -np.inf)  # ties at the k-th value stay
-    greedy = temperature <= 0
+    greedy = temperature < GREEDY_BELOW  # the float32 division below would round it to 0
     if greedy.any():
         chosen[columns[greedy]] = zs[:, greedy].argmax(axis=0)  # ties: lowest index
     zs -= zs.max(axis=0)

@@ -9,6 +9,7 @@ MAX_N = 10_000
 MAX_NAME_LENGTH = 64  # characters, prefix included
 MAX_SCORE_NAMES = 1000
 MAX_SEED = 2**63 - 1
+MAX_TOP_K = 2**63 - 1  # the engine holds it in an int64; any k from the vocabulary size up keeps every character
 
 
 class GenerateRequest(BaseModel):
@@ -16,11 +17,12 @@ class GenerateRequest(BaseModel):
 
     n: int = Field(10, ge=1, le=MAX_N, description="how many names")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same names; omitted: random, echoed")
-    temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False, description="0: greedy")
-    top_k: int | None = Field(None, ge=1, description="sample among the k likeliest characters")
+    temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False, description="0 (or below 1e-30): greedy")
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, description="sample among the k likeliest characters")
     prefix: str = Field("", max_length=MAX_NAME_LENGTH, description="every name starts with it")
     min_length: int = Field(1, ge=0, le=MAX_NAME_LENGTH, description="characters, prefix included")
-    max_length: int = Field(32, ge=1, le=MAX_NAME_LENGTH, description="characters, prefix included")
+    max_length: int = Field(32, ge=1, le=MAX_NAME_LENGTH, validate_default=True,  # checks the prefix too
+                            description="characters, prefix included")
     unique: bool = Field(False, description="no name twice in one response")
     exclude_training: bool = Field(False, description="only names absent from the model's training list")
     model: str | None = Field(None, description="a served model's name; omitted: the default model")

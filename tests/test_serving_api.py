@@ -92,8 +92,10 @@ def test_health_ready_and_metrics(http):
     ({"seed": -1}, "seed", "greater than or equal to 0"),
     ({"temperature": -0.5}, "temperature", "greater than or equal to 0"),
     ({"top_k": 0}, "top_k", "greater than or equal to 1"),
+    ({"top_k": 2**63}, "top_k", "less than or equal to"),  # was a 500 from the engine's int64, for every row in flight
     ({"min_length": 6, "max_length": 3}, "max_length", "below min_length"),
     ({"prefix": "abcdef", "max_length": 4}, "max_length", "more than max_length"),
+    ({"prefix": "a" * 40}, "max_length", "more than max_length (32)"),
     ({"prefix": "Zo9!"}, "prefix", "'!', '9', 'Z'"),
     ({"unique": "perhaps"}, "unique", "valid boolean"),
     ({"temprature": 1}, "temprature", "Extra inputs"),
@@ -134,6 +136,26 @@ def test_malformed_json_and_oversized_bodies_are_4xx(http):
     chunked = http.post("/v1/score", content=iter([b'{"names": [' + b'"a",' * 300_000, b'"a"]}']),
                         headers={"content-type": "application/json"})  # no content-length: counted as read
     assert chunked.status_code == 413
+
+
+def test_top_k_at_or_past_the_vocabulary_keeps_every_character(http):
+    plain = http.post("/v1/generate", json={"n": 6, "seed": 4}).json()["names"]
+    assert http.post("/v1/generate", json={"n": 6, "seed": 4, "top_k": 2**63 - 1}).json()["names"] == plain
+
+
+@pytest.mark.parametrize("path, raw, loc", [
+    ("/v1/generate", b'{"temperature": NaN}', ["body", "temperature"]),
+    ("/v1/generate", b'{"n": Infinity}', ["body", "n"]),
+    ("/v1/generate", b'{"top_k": 1e400}', ["body", "top_k"]),  # Python's json reads it as inf
+    ("/v1/generate", b'{"prefix": "\\ud800"}', ["body", "prefix"]),
+    ("/v1/generate", b'{"prefx\\ud800": "a"}', ["body"]),  # the key itself is refused
+    ("/v1/score", b'{"names": ["emma", "\\udfff"]}', ["body", "names", 1]),
+])
+def test_input_json_cannot_echo_back_is_still_422(http, path, raw, loc):
+    # NaN, Infinity and lone surrogates parse, but a 422 that echoed them used to fail to render: a 500.
+    response = http.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert any(e["loc"] == loc for e in response.json()["detail"]), response.text
 
 
 def test_admin_reload_is_disabled_without_a_token(http):

@@ -144,3 +144,21 @@ def test_bigram_model_generates_through_the_same_engine(served_registry, name):
     names = engine.generate(SamplingParams(n=100, seed=4)).names
     assert len(names) == 100 and all(nll > 0 for _, nll in names)
     engine.stop()
+
+
+def test_tiny_temperatures_are_greedy_not_empty(served_registry):
+    engine = make_engine(served_registry)
+    greedy = engine.generate(SamplingParams(n=3, seed=1, temperature=0)).names
+    for temperature in (5e-324, 1e-300, 1e-40):
+        assert engine.generate(SamplingParams(n=3, seed=1, temperature=temperature)).names == greedy
+    engine.stop()
+
+
+def test_engine_refuses_parameters_it_cannot_hold(served_registry):
+    engine = make_engine(served_registry)
+    for bad in (SamplingParams(n=1, seed=1, prefix="A"), SamplingParams(n=1, seed=1, top_k=2**63),
+                SamplingParams(n=1, seed=1, max_length=65)):
+        with pytest.raises(ValueError):
+            engine.submit(bad, lambda result: None)
+    assert len(engine.generate(SamplingParams(n=2, seed=1)).names) == 2  # nothing else was disturbed
+    engine.stop()
