@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,8 @@ class LoadedModel:
     block_size: int = field(init=False)
     stoi: dict[str, int] = field(init=False)
     codepoints: np.ndarray = field(init=False)  # uint32 [vocab]: decodes token arrays in one pass
+    _users: threading.Condition = field(init=False, default_factory=threading.Condition)
+    _in_use: int = field(init=False, default=0)  # scoring forwards running now
 
     def __post_init__(self):
         self.vocab = tuple(self.manifest["vocab"])
@@ -59,10 +62,19 @@ class LoadedModel:
     def token_logp(self, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batched forward: (log p of every character and end token float64 [N], targets, lengths)."""
         context, targets, lengths = self.contexts(names)
-        logp = log_softmax(self.backend.forward(context))
+        with self._users:  # a reload must not close the backend under a score in flight
+            self._in_use += 1
+        try:
+            logp = log_softmax(self.backend.forward(context))
+        finally:
+            with self._users:
+                self._in_use -= 1
+                self._users.notify_all()
         return logp[np.arange(len(targets)), targets], targets, lengths
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60) -> None:
+        with self._users:
+            self._users.wait_for(lambda: self._in_use == 0, timeout)
         self.backend.close()
 
 

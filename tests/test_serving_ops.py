@@ -18,14 +18,15 @@ SEEDED = {"n": 200, "seed": 77, "temperature": 0.9, "prefix": "a", "unique": Tru
 
 
 def hammer(url, stop: threading.Event, failures: list, versions: set, n=20):
-    """Random unseeded traffic until told to stop; records non-200 answers and the versions seen."""
+    """Random unseeded generation and scoring until told to stop; records non-200s and the versions seen."""
     with httpx.Client(base_url=url, timeout=60) as client:
         while not stop.is_set():
-            response = client.post("/v1/generate", json={"n": n})
-            if response.status_code != 200:
-                failures.append((response.status_code, response.text))
-            else:
-                versions.add(response.json()["version"])
+            for path, body in [("/v1/generate", {"n": n}), ("/v1/score", {"names": ["emma", "liam"] * 50})]:
+                response = client.post(path, json=body)
+                if response.status_code != 200:
+                    failures.append((response.status_code, response.text))
+                else:
+                    versions.add(response.json()["version"])
 
 
 def test_seeded_http_results_do_not_depend_on_traffic_or_batch_settings(live_server, served_registry,
