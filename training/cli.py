@@ -24,28 +24,25 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _positive(kind):
+def _at_least(kind, lowest, inclusive: bool):
+    """An argparse type: `kind` above `lowest` (or equal when inclusive), else a one-line error."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if value < lowest or (value == lowest and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {lowest}, got {text}")
         return value
     return parse
+
+
+def _positive(kind):
+    return _at_least(kind, 0, inclusive=False)
 
 
 def _non_negative(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return value
-    return parse
+    return _at_least(kind, 0, inclusive=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
