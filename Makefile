@@ -6,7 +6,8 @@ RUN_DIR ?= runs/default
 REGISTRY ?= registry
 MODELS ?= mlp bigram-counts
 
-.PHONY: setup test run serve train export bench bench-quality clean
+.PHONY: setup test run train export bench clean
+.SECONDARY:  # keep the .trained stamps make would otherwise treat as intermediate
 
 # The venv is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
