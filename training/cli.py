@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .checkpoint import META_FILE, CheckpointError, load_checkpoint, read_meta
 from .data import DEFAULT_YEAR, DataError, Dataset, load_words, words_sha256
-from .models import MODEL_TYPES, ModelConfig
+from .models import MODEL_DEFAULTS, MODEL_TYPES, ModelConfig, build_model
 from .train import TRAIN_DEFAULTS, Interrupted, TrainConfig, train
 
 
@@ -94,7 +94,8 @@ def _train_config(args, defaults: TrainConfig) -> TrainConfig:
 def _model_config(args, vocab_size: int) -> ModelConfig:
     overrides = {f.name: getattr(args, f.name) for f in fields(ModelConfig)
                  if f.name not in ("model_type", "vocab_size") and getattr(args, f.name, None) is not None}
-    return ModelConfig(model_type=args.model, vocab_size=vocab_size, **overrides)
+    return ModelConfig(model_type=args.model, vocab_size=vocab_size, **{**MODEL_DEFAULTS.get(args.model, {}),
+                                                                         **overrides})
 
 
 def cmd_train(args) -> None:
@@ -119,6 +120,10 @@ def cmd_train(args) -> None:
         dataset = Dataset.from_words(words, source)
         tc = _train_config(args, TRAIN_DEFAULTS[args.model])
         model_cfg = _model_config(args, dataset.vocab.size)
+        try:
+            build_model(replace(model_cfg))  # a size the model cannot take is bad input, found before any work
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         if args.overwrite and out.is_dir():
             for stale in out.iterdir():
                 if stale.is_file():

@@ -68,6 +68,18 @@ class BigramNeural(nn.Module):
         return (self.weight**2).mean()
 
 
+@torch.no_grad()
+def _init_tanh_stack(model: nn.Module, generator: torch.Generator | None) -> None:
+    """Kaiming init with tanh's gain for model.hidden's Linears; a small output layer (model.head)."""
+    model.embedding.weight.normal_(generator=generator)
+    for m in model.hidden:
+        if isinstance(m, nn.Linear):
+            m.weight.normal_(std=TANH_GAIN / m.in_features**0.5, generator=generator)
+    # A small output layer starts near the uniform distribution (lecture 3's "hockey stick" fix).
+    model.head.weight.normal_(std=0.1 / model.head.in_features**0.5, generator=generator)
+    model.head.bias.zero_()
+
+
 class MLP(nn.Module):
     """Bengio et al. 2003 as in lectures 2-3: embed, flatten, [Linear -> BatchNorm1d -> tanh] x n, Linear."""
 
@@ -86,29 +98,73 @@ class MLP(nn.Module):
             fan_in = cfg.n_hidden
         self.hidden = nn.Sequential(*layers)
         self.head = nn.Linear(fan_in, cfg.vocab_size)
-        self._init_weights(generator)
-
-    @torch.no_grad()
-    def _init_weights(self, generator: torch.Generator | None) -> None:
-        self.embedding.weight.normal_(generator=generator)
-        for m in self.hidden:
-            if isinstance(m, nn.Linear):
-                m.weight.normal_(std=TANH_GAIN / m.in_features**0.5, generator=generator)
-        # A small output layer starts near the uniform distribution (lecture 3's "hockey stick" fix).
-        self.head.weight.normal_(std=0.1 / self.head.in_features**0.5, generator=generator)
-        self.head.bias.zero_()
+        _init_tanh_stack(self, generator)
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         x = self.embedding(context).flatten(1)  # [B, T] -> [B, T*n_embd]
         return self.head(self.hidden(x))  # [B, vocab]
 
 
+class FlattenConsecutive(nn.Module):
+    """[B, T, C] -> [B, T/n, C*n]: n neighbouring positions side by side (lecture 5); [B, C*n] when T == n."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        x = x.reshape(b, t // self.n, c * self.n)
+        return x.squeeze(1) if x.shape[1] == 1 else x
+
+
+class BatchNormLastDim(nn.BatchNorm1d):
+    """BatchNorm over the last dimension of [B, C] or [B, T, C]: statistics over every other dimension.
+
+    Lecture 5's bug was normalising [B, T, C] over dim 0 only; BatchNorm1d wants channels in dim 1,
+    so the 3-D case is transposed to [B, C, T], where it averages over (0, 2), i.e. the original (0, 1).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        return super().forward(x)
+
+
+class WaveNet(nn.Module):
+    """Lecture 5's hierarchical model: embed, then log2(block_size) levels of
+    FlattenConsecutive(2) -> Linear (no bias) -> BatchNorm -> tanh, then an output Linear."""
+
+    def __init__(self, cfg: ModelConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        levels = cfg.block_size.bit_length() - 1
+        if cfg.block_size < 2 or 2**levels != cfg.block_size:
+            raise ValueError(f"wavenet needs a block_size that is a power of 2 (>= 2), got {cfg.block_size}")
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        layers: list[nn.Module] = []
+        fan_in = 2 * cfg.n_embd
+        for _ in range(levels):
+            layers += [FlattenConsecutive(2), nn.Linear(fan_in, cfg.n_hidden, bias=False),
+                       BatchNormLastDim(cfg.n_hidden, momentum=cfg.bn_momentum), nn.Tanh()]
+            fan_in = 2 * cfg.n_hidden
+        self.hidden = nn.Sequential(*layers)
+        self.head = nn.Linear(cfg.n_hidden, cfg.vocab_size)
+        _init_tanh_stack(self, generator)
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(self.embedding(context)))  # [B, T] -> [B, T, E] -> ... -> [B, V]
+
+
 MODEL_TYPES: dict[str, type[nn.Module]] = {
     "bigram-counts": BigramCounts,
     "bigram-neural": BigramNeural,
     "mlp": MLP,
+    "wavenet": WaveNet,
 }
 GRADIENT_FREE = {"bigram-counts"}
+# Per-model defaults that differ from ModelConfig's (the CLI applies them before its options).
+MODEL_DEFAULTS: dict[str, dict] = {"wavenet": {"block_size": 8, "n_embd": 24, "n_hidden": 128}}
 
 
 def build_model(cfg: ModelConfig, generator: torch.Generator | None = None) -> nn.Module:

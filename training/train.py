@@ -43,6 +43,7 @@ TRAIN_DEFAULTS: dict[str, TrainConfig] = {
     "bigram-counts": TrainConfig(steps=0, batch_size=0, lr=0.0, optimizer="none"),
     "bigram-neural": TrainConfig(steps=400, batch_size=0, lr=200.0, optimizer="sgd", lr_final_ratio=0.2, l2=0.001),
     "mlp": TrainConfig(steps=30000, batch_size=128, lr=3e-3, optimizer="adamw", weight_decay=0.05),
+    "wavenet": TrainConfig(steps=60000, batch_size=128, lr=3e-3, optimizer="adamw", weight_decay=0.1),
 }
 
 
