@@ -295,7 +295,10 @@ class Engine:
             self.on_step(n)
         length = rows.length[:n]
         u = uniforms(rows.key[:n], length)
-        forced = np.where(length < rows.prefix_length[:n], rows.tokens[np.arange(n), length], -1)
+        prefixed = length < rows.prefix_length[:n]
+        forced = np.full(n, -1, dtype=np.int64)  # -1: draw; else the prefix character at this position
+        if prefixed.any():
+            forced[prefixed] = rows.tokens[np.flatnonzero(prefixed), length[prefixed]]
         end_allowed = length >= rows.min_length[:n]
         temperature, top_k = rows.temperature[:n], rows.top_k[:n]
 
