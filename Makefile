@@ -6,7 +6,7 @@ RUN_DIR ?= runs/default
 REGISTRY ?= registry
 MODELS ?= mlp bigram-counts
 
-.PHONY: setup test run train export bench clean
+.PHONY: setup test run train export best bench clean
 .SECONDARY:  # keep the .trained stamps make would otherwise treat as intermediate
 
 # The venv is rebuilt whenever pyproject.toml changes.
@@ -38,6 +38,22 @@ export: $(foreach m,$(MODELS),$(REGISTRY)/$(m)/LATEST)
 run: export
 	@echo "serving $(MODELS) from $(REGISTRY) on http://127.0.0.1:8000 (docs at /docs); Ctrl-C stops it"
 	NAMEGEN_REGISTRY=$(REGISTRY) $(PY) -m serving
+
+# The best model (README, "The best model"): wavenets with different seeds trained side by side, one
+# core each, then published as one ensemble named wavenet-ensemble; `make run` serves it beside the others.
+# DATA=../shared/data/names.txt trains on the lectures' file instead of the SSA names.
+BEST_SEEDS ?= 1 2
+BEST_DIR ?= runs/best
+BEST_ARGS ?=  # more `training train` options for every member, e.g. --steps 300 for a quick trial
+best: setup
+	@set -e; pids=""; for s in $(BEST_SEEDS); do \
+	  out=$(BEST_DIR)/wavenet-$$s; [ -f $$out/.trained ] && continue; \
+	  ( OMP_NUM_THREADS=1 $(PY) -m training train --model wavenet --seed $$s --out $$out --quiet --no-plots \
+	      $(if $(DATA),--data $(DATA)) $(BEST_ARGS) $$([ -f $$out/train_state.pt ] && echo --resume) && touch $$out/.trained ) & \
+	  pids="$$pids $$!"; done; \
+	for p in $$pids; do wait $$p; done
+	$(PY) -m training ensemble $(foreach s,$(BEST_SEEDS),$(BEST_DIR)/wavenet-$(s)) --out $(BEST_DIR)/ensemble --overwrite
+	$(PY) -m export $(BEST_DIR)/ensemble --registry $(REGISTRY) --name wavenet-ensemble
 
 bench: setup
 	$(PY) bench/quality.py

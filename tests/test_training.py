@@ -55,7 +55,9 @@ def test_same_seed_gives_bit_identical_checkpoint(small_names_file, tmp_path):
 
 
 def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_bit_identical(small_names_file, tmp_path):
-    args = [*TINY_MLP, "--steps", "2500", "--eval-every", "100", "--seed", "3", "--data", small_names_file]
+    # With dropout, so resuming must also restore the global generator dropout draws from.
+    args = [*TINY_MLP, "--steps", "2500", "--eval-every", "100", "--seed", "3", "--dropout", "0.1",
+            "--data", small_names_file]
     straight = run_module("training", "train", *args, "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
 

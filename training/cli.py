@@ -45,6 +45,13 @@ def _non_negative(kind):
     return _at_least(kind, 0, inclusive=True)
 
 
+def _fraction(text):
+    value = _non_negative(float)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be < 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m training", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -67,9 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-embd", type=_positive(int))
     t.add_argument("--n-hidden", type=_positive(int))
     t.add_argument("--n-layers", type=_positive(int))
+    t.add_argument("--dropout", type=_fraction, help="mlp, wavenet: dropout after each tanh while training")
     t.add_argument("--smoothing", type=_non_negative(float), help="bigram-counts: add-k")
     t.add_argument("--no-plots", action="store_true")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    m = sub.add_parser("ensemble", help="combine trained checkpoints into one model (mean of their distributions)")
+    m.add_argument("checkpoints", type=Path, nargs="+", help="two or more checkpoint folders, same word list")
+    m.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
+    m.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
 
     e = sub.add_parser("eval", help="print train, val and test NLL of a checkpoint")
     e.add_argument("checkpoint", type=Path)
@@ -144,6 +157,34 @@ def cmd_train(args) -> None:
         write_plots(load_checkpoint(out))
 
 
+def cmd_ensemble(args) -> None:
+    from .checkpoint import save_checkpoint
+    from .train import ensemble_meta
+
+    if len(args.checkpoints) < 2:
+        raise UsageError("ensemble needs at least two checkpoints")
+    if (args.out / META_FILE).exists() and not args.overwrite:
+        raise UsageError(f"--out {args.out}: already holds a checkpoint; use --overwrite")
+    members = [load_checkpoint(path) for path in args.checkpoints]
+    first = members[0]
+    for other in members[1:]:
+        if other.meta["data"]["sha256"] != first.meta["data"]["sha256"]:
+            raise UsageError(f"{other.path}: trained on another word list than {first.path}")
+        if other.vocab.chars != first.vocab.chars or other.block_size != first.block_size:
+            raise UsageError(f"{other.path}: vocabulary or block size differs from {first.path}")
+    cfg = ModelConfig("ensemble", first.config.vocab_size, members=[m.config.to_dict() for m in members])
+    model = build_model(cfg)
+    for slot, member in zip(model.members, members):
+        slot.load_state_dict(member.model.state_dict())
+    model.eval()
+    dataset = Dataset.from_words(first.words(), first.meta["data"]["source"], first.vocab)
+    meta = ensemble_meta(model, dataset, [m.meta for m in members])
+    save_checkpoint(args.out, model, meta, words=dataset.words)
+    m = meta["metrics"]
+    print(f"{args.out}: ensemble of {len(members)}, {meta['parameters']} params; train {m['train_nll']:.4f} "
+          f"val {m['val_nll']:.4f} test {m['test_nll']:.4f}")
+
+
 def cmd_eval(args) -> None:
     from .models import nll
 
@@ -175,7 +216,7 @@ def cmd_plot(args) -> None:
         print(path)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot}
+COMMANDS = {"train": cmd_train, "ensemble": cmd_ensemble, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """The models. One interface: context indices int64 [batch, block_size] -> logits float32 [batch, vocab]."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
@@ -20,6 +21,8 @@ class ModelConfig:
     n_layers: int = 1  # mlp: number of Linear -> BatchNorm -> tanh blocks
     smoothing: float = 1.0  # bigram-counts: add-k
     bn_momentum: float = 0.01  # running statistics; the lectures used 0.001 at batch 32
+    dropout: float = 0.0  # mlp, wavenet: after every tanh while training (the identity in eval and export)
+    members: list[dict] = field(default_factory=list)  # ensemble: the members' configs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +83,11 @@ def _init_tanh_stack(model: nn.Module, generator: torch.Generator | None) -> Non
     model.head.bias.zero_()
 
 
+def _dropout(cfg: ModelConfig) -> list[nn.Module]:
+    # No module at all without dropout, so layer indices (state_dict keys) match older checkpoints.
+    return [nn.Dropout(cfg.dropout)] if cfg.dropout > 0 else []
+
+
 class MLP(nn.Module):
     """Bengio et al. 2003 as in lectures 2-3: embed, flatten, [Linear -> BatchNorm1d -> tanh] x n, Linear."""
 
@@ -94,6 +102,7 @@ class MLP(nn.Module):
                 nn.Linear(fan_in, cfg.n_hidden, bias=False),  # BatchNorm's shift makes a bias redundant
                 nn.BatchNorm1d(cfg.n_hidden, momentum=cfg.bn_momentum),
                 nn.Tanh(),
+                *_dropout(cfg),
             ]
             fan_in = cfg.n_hidden
         self.hidden = nn.Sequential(*layers)
@@ -146,7 +155,7 @@ class WaveNet(nn.Module):
         fan_in = 2 * cfg.n_embd
         for _ in range(levels):
             layers += [FlattenConsecutive(2), nn.Linear(fan_in, cfg.n_hidden, bias=False),
-                       BatchNormLastDim(cfg.n_hidden, momentum=cfg.bn_momentum), nn.Tanh()]
+                       BatchNormLastDim(cfg.n_hidden, momentum=cfg.bn_momentum), nn.Tanh(), *_dropout(cfg)]
             fan_in = 2 * cfg.n_hidden
         self.hidden = nn.Sequential(*layers)
         self.head = nn.Linear(cfg.n_hidden, cfg.vocab_size)
@@ -154,6 +163,29 @@ class WaveNet(nn.Module):
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         return self.head(self.hidden(self.embedding(context)))  # [B, T] -> [B, T, E] -> ... -> [B, V]
+
+
+class Ensemble(nn.Module):
+    """Trained models of one vocabulary and block size, predicting the mean of their distributions.
+
+    The output log(mean_k softmax(logits_k)) is itself a valid logits vector (its softmax is the mean),
+    so export, the ONNX contract and serving treat an ensemble like any other model.
+    """
+
+    def __init__(self, cfg: ModelConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        if len(cfg.members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(cfg.members)}")
+        self.members = nn.ModuleList(build_model(ModelConfig.from_dict(m), generator) for m in cfg.members)
+        shapes = {(m.cfg.vocab_size, m.cfg.block_size) for m in self.members}
+        if len(shapes) != 1:
+            raise ValueError(f"ensemble members differ in (vocab size, block size): {sorted(shapes)}")
+        cfg.vocab_size, cfg.block_size = shapes.pop()
+        self.cfg = cfg
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        logp = torch.stack([F.log_softmax(m(context), dim=-1) for m in self.members])  # [K, B, V]
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
 
 
 MODEL_TYPES: dict[str, type[nn.Module]] = {
@@ -168,6 +200,8 @@ MODEL_DEFAULTS: dict[str, dict] = {"wavenet": {"block_size": 8, "n_embd": 24, "n
 
 
 def build_model(cfg: ModelConfig, generator: torch.Generator | None = None) -> nn.Module:
+    if cfg.model_type == "ensemble":  # made from trained checkpoints (`python -m training ensemble`), not trained
+        return Ensemble(cfg, generator)
     if cfg.model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model {cfg.model_type!r}; choose from {', '.join(MODEL_TYPES)}")
     if cfg.model_type.startswith("bigram"):

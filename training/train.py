@@ -70,7 +70,7 @@ def _metrics(model, data: Dataset, block_size: int) -> dict:
     return {f"{part}_nll": round(nll(model, *data.contexts(part, block_size)), 6) for part in ("train", "val", "test")}
 
 
-def _meta(model, data: Dataset, tc: TrainConfig, step: int, wall_time: float, finished: bool) -> dict:
+def _model_and_data(model, data: Dataset) -> dict:
     return {
         "model_type": model.cfg.model_type,
         "vocab": list(data.vocab.chars),
@@ -78,7 +78,27 @@ def _meta(model, data: Dataset, tc: TrainConfig, step: int, wall_time: float, fi
         "parameters": count_parameters(model),
         "split": {"seed": SPLIT_SEED, "fractions": [0.8, 0.1, 0.1], "sizes": data.split.sizes()},
         "data": {"source": data.source, "sha256": data.sha256, "num_words": len(data.words)},
+    }
+
+
+def _meta(model, data: Dataset, tc: TrainConfig, step: int, wall_time: float, finished: bool) -> dict:
+    return {
+        **_model_and_data(model, data),
         "training": {**asdict(tc), "completed_steps": step, "finished": finished, "wall_time_s": round(wall_time, 3)},
+        "metrics": _metrics(model, data, model.cfg.block_size),
+    }
+
+
+def ensemble_meta(model, data: Dataset, members: list[dict]) -> dict:
+    """checkpoint.json of an ensemble: the members' training records instead of one loop's."""
+    wall = [m["training"]["wall_time_s"] for m in members]
+    return {
+        **_model_and_data(model, data),
+        "training": {"members": [{"model_type": m["model_type"], "seed": m["training"].get("seed"),
+                                  "wall_time_s": m["training"]["wall_time_s"], "metrics": m["metrics"]}
+                                 for m in members],
+                     "finished": all(m["training"]["finished"] for m in members),
+                     "wall_time_s": round(sum(wall), 3), "wall_time_parallel_s": round(max(wall), 3)},
         "metrics": _metrics(model, data, model.cfg.block_size),
     }
 
@@ -127,6 +147,7 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path,
         model.load_state_dict(ckpt.load_checkpoint(out_dir).model.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator
         step, wall_before = state["step"], state["wall_time_s"]
         history = ckpt.load_history(out_dir)
 
@@ -134,6 +155,7 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path,
         wall = wall_before + time.perf_counter() - started
         meta = _meta(model, data, tc, step, wall, finished)
         train_state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                       "torch_rng": torch.get_rng_state(),
                        "step": step, "wall_time_s": wall}
         ckpt.save_checkpoint(out_dir, model, meta, words=data.words, history=history, train_state=train_state)
         return meta
