@@ -1,10 +1,12 @@
 """Engine throughput in process: continuous batching against the lectures' sampling loop, same run.
 
-    .venv/bin/python bench/serving_engine.py [--model mlp] [--names 50000] [--threads 2]
+    .venv/bin/python bench/serving_engine.py [--model mlp] [--checkpoint DIR] [--names 50000] [--threads 2]
 
 The baseline is lecture 2's loop: one name at a time, one torch forward per character
 (torch.multinomial on the softmax), on the trained model in eval mode. The engine runs the exported
-ONNX model of the same checkpoint at several NAMEGEN_MAX_BATCH_ROWS settings. Medians of several runs.
+ONNX model of the same checkpoint at several NAMEGEN_MAX_BATCH_ROWS settings, with the logits table
+(NAMEGEN_LOGITS_TABLE_MB) where the model has one and, at the default 4096 rows, without it too.
+Medians of several runs.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from common import ROOT, machine_line, served_registry, trained_checkpoint
 
@@ -61,12 +64,13 @@ def median_rate(run, count: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mlp", help="model type to train and serve (default mlp)")
+    p.add_argument("--checkpoint", type=Path, help="serve this checkpoint (e.g. an ensemble) instead, as --model")
     p.add_argument("--names", type=int, default=50_000, help="names per engine run")
     p.add_argument("--baseline-names", type=int, default=300, help="names per lecture-loop run")
     p.add_argument("--threads", type=int, default=2, help="engine forward threads (NAMEGEN_THREADS)")
     args = p.parse_args()
 
-    checkpoint_dir = trained_checkpoint(args.model)
+    checkpoint_dir = args.checkpoint or trained_checkpoint(args.model)
     registry = served_registry({args.model: checkpoint_dir})
     torch.set_num_threads(1)  # the lecture loop is one row at a time; more threads only add overhead
     model = load_checkpoint(checkpoint_dir).model.eval()
@@ -78,15 +82,21 @@ def main() -> None:
           f"val NLL {meta['metrics']['val_nll']:.4f}; engine threads {args.threads}, onnxruntime, "
           f"medians of {RUNS} runs")
     print(f"  lecture loop (torch, 1 name at a time): {baseline:>12,.0f} names/s")
-    for rows in BATCH_ROWS:
-        settings = Settings(registry=registry, threads=args.threads, max_batch_rows=rows)
+    had_table = False
+    for rows, table_mb in [(rows, 16.0) for rows in BATCH_ROWS] + [(4096, 0.0)]:
+        if table_mb == 0 and not had_table:
+            break  # the model computes every forward anyway: nothing to compare
+        settings = Settings(registry=registry, threads=args.threads, max_batch_rows=rows, logits_table_mb=table_mb)
         loaded = load_version(settings, args.model, latest_version(registry, args.model))
+        tabled = loaded.distributions is not None
+        had_table |= tabled
         engine = Engine(loaded, rows, max_queue=16, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
         engine.generate(SamplingParams(n=2000, seed=0))  # warm-up
         rate = median_rate(lambda i: engine.generate(SamplingParams(n=args.names, seed=i + 1)), args.names)
         engine.stop()
         loaded.close()
-        print(f"  engine, max_batch_rows {rows:>6}:        {rate:>12,.0f} names/s  {rate / baseline:>7.0f}x")
+        table = "logits table" if tabled else "computed    "
+        print(f"  engine, max_batch_rows {rows:>6}, {table}: {rate:>12,.0f} names/s  {rate / baseline:>7.0f}x")
 
 
 if __name__ == "__main__":

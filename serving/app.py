@@ -10,6 +10,7 @@ import secrets
 import time
 from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +26,13 @@ from .settings import Settings
 
 log = logging.getLogger("namegen.app")
 RETRY_AFTER_S = "1"
+
+
+class FastJSONResponse(JSONResponse):
+    """orjson for the large bodies (/generate, /score): the same JSON, several times less CPU."""
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content)
 
 
 def _vocab_error(field: tuple, served: Served, text: str) -> RequestValidationError | None:
@@ -206,9 +214,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.names_generated.labels(served.model.name).inc(len(result.names))
         # Plain dicts: a pydantic object per name costs more than the sampling for large n. The
         # shape is GenerateResponse's (the OpenAPI page documents it; tests check the contract).
-        return JSONResponse({"model": served.model.name, "version": result.version, "seed": seed,
-                             "names": [{"name": name, "nll": nll} for name, nll in result.names],
-                             "exhausted": result.exhausted})
+        return FastJSONResponse({"model": served.model.name, "version": result.version, "seed": seed,
+                                 "names": [{"name": name, "nll": nll} for name, nll in result.names],
+                                 "exhausted": result.exhausted})
 
     # -- scoring ----------------------------------------------------------------------------
     @app.post("/v1/score", response_model=ScoreResponse, tags=["names"])
@@ -230,7 +238,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             results.append({"name": name, "nll": nll, "nll_per_char": nll / count,
                             "perplexity": math.exp(nll / count), "chars": chars})
             start += count
-        return JSONResponse({"model": model.name, "version": model.version, "results": results})  # ScoreResponse
+        return FastJSONResponse({"model": model.name, "version": model.version, "results": results})  # ScoreResponse
 
     # -- introspection ------------------------------------------------------------------------
     @app.get("/v1/models", response_model=ModelsResponse, tags=["models"])
@@ -238,7 +246,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         infos = [ModelInfo(name=name, version=s.model.version, type=s.model.manifest["model_type"],
                            vocab=list(s.model.vocab), block_size=s.model.block_size,
                            metrics={k: float(v) for k, v in s.model.manifest.get("metrics", {}).items()},
-                           backend=settings.backend, device=settings.device)
+                           backend=settings.backend, device=settings.device,
+                           logits_table=s.model.backend.table is not None)
                  for name, s in sorted(manager.served().items())]
         return ModelsResponse(default=manager.default_name, models=infos)
 

@@ -6,6 +6,10 @@ so fixed shapes on single-threaded runs make a row's logits independent of its b
 gives the same names whatever else the server is doing. Two shapes keep small batches cheap: big
 chunks of `chunk_rows` and small ones of SMALL_CHUNK_ROWS for the remainder, used only after a check
 at load time that a row's logits are bit-identical in either shape at any position.
+
+A model with a short context over a small vocabulary has few possible contexts (the mlp: 27**3 =
+19,683): their logits are computed once at load, in those same chunks, and every forward becomes a
+table lookup, checked bit for bit against the chunked forward before it is used.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ class ChunkedBackend:
         self.block_size = block_size
         self.chunk_rows = chunk_rows
         self.small_chunk_rows = 0  # set by check_shape_invariance when it is safe
+        self.table: np.ndarray | None = None  # logits of every context, set by tabulate
+        self._powers = np.zeros(block_size, dtype=np.int64)  # context -> table row: digits in base vocab
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{self.name}-forward")
 
     def _run_chunk(self, context: np.ndarray) -> np.ndarray:  # [chunk rows, T] -> [chunk rows, V]
@@ -57,18 +63,20 @@ class ChunkedBackend:
             plan.append((rows - rest, rows, big))
         return plan
 
+    def map_chunks(self, rows: int, fn: Callable[[slice, int], T]) -> list[T]:
+        """fn(rows of the chunk, its shape) for each chunk of `rows`, in order, on the worker threads."""
+        plan = self.chunks(rows)
+        if len(plan) == 1:
+            return [fn(slice(plan[0][0], plan[0][1]), plan[0][2])]
+        return list(self._pool.map(lambda chunk: fn(slice(chunk[0], chunk[1]), chunk[2]), plan))
+
     def forward_map(self, context: np.ndarray, then: Callable[[slice, np.ndarray], T]) -> list[T]:
         """For each chunk, in order: then(rows of the chunk, its logits [rows, V]), run on the chunk's worker
         thread, so row-wise work after the forward (sampling) is parallel too."""
-
-        def run(chunk: tuple[int, int, int]) -> T:
-            start, stop, size = chunk
-            return then(slice(start, stop), self._run_padded(context[start:stop], size))
-
-        plan = self.chunks(len(context))
-        if len(plan) == 1:
-            return [run(plan[0])]
-        return list(self._pool.map(run, plan))
+        if self.table is not None:
+            index = self.table_index(context)
+            return self.map_chunks(len(context), lambda rows, size: then(rows, self.table[index[rows]]))
+        return self.map_chunks(len(context), lambda rows, size: then(rows, self._run_padded(context[rows], size)))
 
     def check_shape_invariance(self, vocab_size: int, seed: int = 0) -> bool:
         """Enable small chunks if a row's logits are bit-identical in a big or a small chunk at any position."""
@@ -84,6 +92,28 @@ class ChunkedBackend:
                         self.name, self.chunk_rows)
         self.small_chunk_rows = SMALL_CHUNK_ROWS if same and SMALL_CHUNK_ROWS < self.chunk_rows else 0
         return same
+
+    def table_index(self, context: np.ndarray) -> np.ndarray:
+        index = context[:, 0] * self._powers[0]
+        for j in range(1, self.block_size):
+            index += context[:, j] * self._powers[j]
+        return index
+
+    def tabulate(self, vocab_size: int, max_bytes: int, seed: int = 0) -> bool:
+        """Precompute every context's logits if the table fits in max_bytes and looking it up gives
+        bit for bit what the chunked forward gives; afterwards forward() reads the table."""
+        if vocab_size ** self.block_size * vocab_size * 4 > max_bytes:
+            return False
+        powers = vocab_size ** np.arange(self.block_size - 1, -1, -1, dtype=np.int64)
+        every = (np.arange(vocab_size ** self.block_size, dtype=np.int64)[:, None] // powers) % vocab_size
+        table = self.forward(every)
+        rng = np.random.default_rng(seed)
+        probe = rng.integers(0, vocab_size, (self.chunk_rows + SMALL_CHUNK_ROWS + 1, self.block_size), dtype=np.int64)
+        if not np.array_equal(table[probe @ powers], self.forward(probe)):
+            log.warning("%s: tabulated logits differ from the chunked forward; not using the table", self.name)
+            return False
+        self._powers, self.table = powers, table
+        return True
 
     def forward(self, context: np.ndarray) -> np.ndarray:
         return np.concatenate(self.forward_map(context, lambda rows, logits: logits))

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from .model import LoadedModel
-from .sampler import sample_keys, sample_step, uniforms
+from .sampler import Distribution, sample_keys, sample_step, uniforms
 
 log = logging.getLogger("namegen.engine")
 NEWLINE = np.uint32(10)
@@ -293,8 +293,7 @@ class Engine:
             return
         if self.on_step:
             self.on_step(n)
-        length = rows.length[:n]
-        u = uniforms(rows.key[:n], length)
+        length, key = rows.length[:n], rows.key[:n]
         prefixed = length < rows.prefix_length[:n]
         forced = np.full(n, -1, dtype=np.int64)  # -1: draw; else the prefix character at this position
         if prefixed.any():
@@ -302,11 +301,16 @@ class Engine:
         end_allowed = length >= rows.min_length[:n]
         temperature, top_k = rows.temperature[:n], rows.top_k[:n]
 
-        def sample(chunk: slice, logits: np.ndarray):  # runs on the chunk's forward thread
-            return sample_step(logits, u[chunk], temperature[chunk], top_k[chunk], end_allowed[chunk],
-                               forced[chunk])
+        def sample(chunk: slice, dist):  # runs on the chunk's forward thread
+            return sample_step(dist, uniforms(key[chunk], length[chunk]), temperature[chunk], top_k[chunk],
+                               end_allowed[chunk], forced[chunk])
 
-        parts = self.model.backend.forward_map(rows.context[:n], sample)
+        backend, table = self.model.backend, self.model.distributions
+        if table is not None:  # every context's distribution is precomputed: look rows up
+            index = backend.table_index(rows.context[:n])
+            parts = backend.map_chunks(n, lambda chunk, _: sample(chunk, table.rows(index[chunk])))
+        else:
+            parts = backend.forward_map(rows.context[:n], lambda chunk, logits: sample(chunk, Distribution(logits)))
         token = np.concatenate([p[0] for p in parts])
         rows.nll[:n] -= np.concatenate([p[1] for p in parts])
         ended = token == 0
@@ -314,7 +318,8 @@ class Engine:
         growing = np.flatnonzero(~ended & ~too_long)
         rows.tokens[growing, length[growing]] = token[growing]
         rows.length[growing] += 1
-        rows.context[:n] = np.concatenate([rows.context[:n, 1:], token[:, None]], axis=1)
+        rows.context[:n, :-1] = rows.context[:n, 1:]  # numpy copies overlapping views safely
+        rows.context[:n, -1] = token
         self._retire(ended, too_long)
 
     def _retire(self, ended: np.ndarray, too_long: np.ndarray) -> None:

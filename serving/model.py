@@ -1,6 +1,7 @@
 """One served model version: its manifest, vocabulary, backend and training names, loaded and validated."""
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from dataclasses import dataclass, field
@@ -10,9 +11,10 @@ import numpy as np
 
 from .backends import BackendError, ChunkedBackend, make_backend
 from .registry import ArtifactError, read_manifest, verify_files
-from .sampler import log_softmax
+from .sampler import Distribution, DistributionTable, log_softmax, sample_step
 from .settings import Settings
 
+log = logging.getLogger("namegen.model")
 MAX_VOCAB = 32767  # the engine keeps tokens as int16
 SANITY_NAMES = 64  # training names scored before a version may serve
 
@@ -28,6 +30,7 @@ class LoadedModel:
     block_size: int = field(init=False)
     stoi: dict[str, int] = field(init=False)
     codepoints: np.ndarray = field(init=False)  # uint32 [vocab]: decodes token arrays in one pass
+    distributions: DistributionTable | None = field(init=False, default=None)  # see use_table
     _users: threading.Condition = field(init=False, default_factory=threading.Condition)
     _in_use: int = field(init=False, default=0)  # scoring forwards running now
 
@@ -72,6 +75,26 @@ class LoadedModel:
                 self._users.notify_all()
         return logp[np.arange(len(targets)), targets], targets, lengths
 
+    def use_table(self, seed: int = 0) -> bool:
+        """Precompute the sampler's view of every context when the backend tabulated its logits, after
+        checking that sampling from it gives bit for bit what sampling from computed logits gives."""
+        if self.backend.table is None:
+            return False
+        table = DistributionTable(self.backend.table)
+        rng = np.random.default_rng(seed)
+        rows = 4 * self.backend.chunk_rows
+        index = rng.integers(0, len(self.backend.table), rows)
+        params = (rng.random(rows), rng.choice([1.0, 1.0, 0.5, 2.0, 0.0], rows), rng.choice([0, 0, 3], rows),
+                  rng.random(rows) < 0.8, np.where(rng.random(rows) < 0.1, 1, -1))
+        looked_up = sample_step(table.rows(index), *params)
+        computed = sample_step(Distribution(self.backend.table[index]), *params)
+        if not all(np.array_equal(a, b) for a, b in zip(looked_up, computed)):
+            log.warning("%s/%s: sampling from the precomputed table differs from sampling from logits; "
+                        "computing distributions every step", self.name, self.version)
+            return False
+        self.distributions = table
+        return True
+
     def close(self, timeout: float = 60) -> None:
         with self._users:
             self._users.wait_for(lambda: self._in_use == 0, timeout)
@@ -110,6 +133,8 @@ def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
     model = LoadedModel(name, version, manifest, backend, training_names)
     try:
         backend.check_shape_invariance(model.vocab_size)
+        if backend.tabulate(model.vocab_size, int(settings.logits_table_mb * 2**20)):
+            model.use_table()
         _check_sanity(model)
     except Exception as e:
         model.close()

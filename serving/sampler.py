@@ -43,47 +43,94 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x
 
 
-def sample_step(logits: np.ndarray, u: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
+class Distribution:
+    """The model's distribution over the next character for R rows, as the sampler reads it: running sums
+    of exp(shifted logits) laid out [V, R], so every reduction runs along the vocabulary in the same
+    order for each row, vectorised across rows. Computed from logits here; TableRows looks it up."""
+
+    def __init__(self, logits: np.ndarray):  # float32 [R, V]
+        z = np.ascontiguousarray(logits.T)  # [V, R]
+        z -= z.max(axis=0)
+        self.z = z  # shifted logits, max 0
+        self.weights = np.exp(z)
+        self.cdf = _cumsum_over_vocab(self.weights)  # own array: the sampler rewrites special columns
+        self.total = self.cdf[-1].copy()  # the model's normaliser per row
+
+    def z_columns(self, columns: np.ndarray) -> np.ndarray:
+        return self.z[:, columns]
+
+    def weight_at(self, index: np.ndarray) -> np.ndarray:
+        return np.take(self.weights, index * self.z.shape[1] + np.arange(self.z.shape[1]))
+
+    def logp_at(self, index: np.ndarray) -> np.ndarray:
+        """log p(index) under the untempered model, float64 [R]."""
+        z = np.take(self.z, index * self.z.shape[1] + np.arange(self.z.shape[1]))
+        return z.astype(np.float64) - np.log(self.total).astype(np.float64)
+
+
+class DistributionTable:
+    """Distribution of every context of a logits table [contexts, V], computed once in one batch."""
+
+    def __init__(self, logits_table: np.ndarray):
+        whole = Distribution(logits_table)
+        self.z = whole.z  # [V, C]: column gathers
+        self.cdf = whole.cdf  # [V, C]
+        self.weights = np.ascontiguousarray(whole.weights.T)  # [C, V]: one element per row
+        self.logp = np.ascontiguousarray((whole.z.astype(np.float64) - np.log(whole.total).astype(np.float64)).T)
+
+    def rows(self, index: np.ndarray) -> TableRows:
+        return TableRows(self, index)
+
+
+class TableRows:
+    """The Distribution interface over rows whose contexts are table rows `index`: gathers, no exp."""
+
+    def __init__(self, table: DistributionTable, index: np.ndarray):
+        self.table, self.index = table, index
+        self.cdf = np.take(table.cdf, index, axis=1)
+        self.total = self.cdf[-1].copy()
+
+    def z_columns(self, columns: np.ndarray) -> np.ndarray:
+        return np.take(self.table.z, self.index[columns], axis=1)
+
+    def weight_at(self, index: np.ndarray) -> np.ndarray:
+        return self.table.weights[self.index, index]
+
+    def logp_at(self, index: np.ndarray) -> np.ndarray:
+        return self.table.logp[self.index, index]
+
+
+def sample_step(dist: Distribution | TableRows, u: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
                 end_allowed: np.ndarray, forced: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One character per row by inverse CDF of the tempered, top-k-truncated model distribution.
 
-    logits float32 [rows, vocab]; u float64 [rows]; temperature float64 [rows] (below GREEDY_BELOW: greedy); top_k int
-    [rows] (0: off); end_allowed bool [rows] (False masks index 0, the end token, for min_length);
-    forced int64 [rows] (>= 0: take this character instead of drawing one, e.g. a prefix).
+    u float64 [rows]; temperature float64 [rows] (below GREEDY_BELOW: greedy); top_k int [rows] (0: off);
+    end_allowed bool [rows] (False masks index 0, the end token, for min_length); forced int64 [rows]
+    (>= 0: take this character instead of drawing one, e.g. a prefix).
     Returns (chosen int64 [rows], its log-probability under the untempered model float64 [rows]).
-    Work is done on the transpose [vocab, rows], so every reduction runs along the vocabulary in the
-    same order for each row, vectorised across rows.
     """
-    z = np.ascontiguousarray(logits.T)  # [V, R]
-    z -= z.max(axis=0)
-    weights = np.exp(z)
-    cdf = _cumsum_over_vocab(weights)
-    vocab, rows = z.shape
+    cdf = dist.cdf
+    vocab, rows = cdf.shape
     chosen = np.empty(rows, dtype=np.int64)
-
-    plain = (temperature == 1.0) & (top_k == 0) & end_allowed
-    if not plain.all():
-        special = np.flatnonzero(~plain)
-        weights[:, special] = _special_weights(z[:, special], temperature[special], top_k[special],
-                                               end_allowed[special], chosen, special)
-        cdf_plain_total = cdf[-1].copy()  # the model's normaliser, before reshaping
-        cdf[:, special] = _cumsum_over_vocab(weights[:, special])
-    else:
-        cdf_plain_total = cdf[-1]
+    special = np.flatnonzero((temperature != 1.0) | (top_k != 0) | ~end_allowed)
+    if special.size:
+        special_weights = _special_weights(dist.z_columns(special), temperature[special], top_k[special],
+                                           end_allowed[special], chosen, special)
+        cdf[:, special] = _cumsum_over_vocab(special_weights)
     total = cdf[-1]
     sampled = temperature >= GREEDY_BELOW
     below = cdf <= u.astype(np.float32) * total  # [V, R]: entries before the drawn one
-    index = np.minimum(below.sum(axis=0, dtype=np.int32 if vocab > 127 else np.int8), vocab - 1)
-    flat = index.astype(np.int64) * rows + np.arange(rows)  # [index, row] in the [V, R] arrays
-    unlucky = np.take(weights, flat) == 0  # u * total rounded up onto a zero-weight tail
+    index = np.minimum(below.sum(axis=0, dtype=np.int32 if vocab > 127 else np.int8), vocab - 1).astype(np.int64)
+    weight = dist.weight_at(index)
+    if special.size:
+        weight[special] = np.take(special_weights, index[special] * special.size + np.arange(special.size))
+    unlucky = weight == 0  # u * total rounded up onto a zero-weight tail
     if unlucky.any():
         index[unlucky] = np.count_nonzero(cdf[:, unlucky] < total[unlucky], axis=0)
     chosen[sampled] = index[sampled]
     take = forced >= 0
     chosen[take] = forced[take]
-    flat = chosen * rows + np.arange(rows)
-    logp = np.take(z, flat).astype(np.float64) - np.log(cdf_plain_total).astype(np.float64)
-    return chosen, logp
+    return chosen, dist.logp_at(chosen)
 
 
 def _cumsum_over_vocab(weights: np.ndarray) -> np.ndarray:

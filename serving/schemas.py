@@ -91,6 +91,7 @@ class ModelInfo(BaseModel):
     metrics: dict[str, float]
     backend: str
     device: str
+    logits_table: bool  # every context's logits precomputed at load (NAMEGEN_LOGITS_TABLE_MB)
 
 
 class ModelsResponse(BaseModel):

@@ -14,9 +14,10 @@ from serving.schemas import MAX_NAME_LENGTH
 from serving.settings import Settings
 
 
-def make_engine(registry, name="mlp", max_batch_rows=4096, threads=2, backend="onnxruntime", chunk=1024):
+def make_engine(registry, name="mlp", max_batch_rows=4096, threads=2, backend="onnxruntime", chunk=1024,
+                table_mb=16.0):
     settings = Settings(registry=registry, threads=threads, max_batch_rows=max_batch_rows, backend=backend,
-                        forward_chunk_rows=chunk)
+                        forward_chunk_rows=chunk, logits_table_mb=table_mb)
     model = load_version(settings, name, latest_version(registry, name))
     return Engine(model, max_batch_rows, max_queue=10_000, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
 
@@ -55,12 +56,15 @@ def mixed_run(engine, seeded, noise_requests=40):
 
 
 def test_seeded_requests_are_identical_alone_or_mixed_for_any_batch_rows_and_threads(served_registry):
-    reference_engine = make_engine(served_registry, max_batch_rows=4096, threads=1)
+    # The reference computes every forward; half the mixed runs look logits up in the precomputed table.
+    reference_engine = make_engine(served_registry, max_batch_rows=4096, threads=1, table_mb=0)
+    assert reference_engine.model.backend.table is None and reference_engine.model.distributions is None
     alone = [reference_engine.generate(p).names for p in SEEDED]
     reference_engine.stop()
     mismatched = total = 0
-    for rows, threads in [(1, 1), (7, 2), (100, 2), (4096, 2)]:
-        engine = make_engine(served_registry, max_batch_rows=rows, threads=threads)
+    for rows, threads, table_mb in [(1, 1, 0), (7, 2, 16), (100, 2, 0), (4096, 2, 16)]:
+        engine = make_engine(served_registry, max_batch_rows=rows, threads=threads, table_mb=table_mb)
+        assert (engine.model.distributions is not None) == (table_mb > 0)
         mixed = mixed_run(engine, SEEDED, noise_requests=8 if rows == 1 else 40)
         engine.stop()
         for solo, together in zip(alone, mixed):
@@ -68,6 +72,21 @@ def test_seeded_requests_are_identical_alone_or_mixed_for_any_batch_rows_and_thr
             mismatched += sum(a != b for a, b in zip(solo, together)) + abs(len(solo) - len(together))
     assert total > 500
     assert mismatched == 0, f"{mismatched} of {total} names differ"  # names and their NLLs, exactly
+
+
+def test_logits_table_matches_the_forward_and_respects_its_budget(served_registry):
+    def load(table_mb):
+        settings = Settings(registry=served_registry, threads=2, logits_table_mb=table_mb)
+        return load_version(settings, "mlp", latest_version(served_registry, "mlp"))
+
+    computed, tabled = load(0), load(16)
+    assert tabled.backend.table.shape == (tabled.vocab_size ** 3, tabled.vocab_size)
+    names = sorted(tabled.training_names)[:500]
+    assert [a.tolist() for a in computed.token_logp(names)] == [a.tolist() for a in tabled.token_logp(names)]
+    too_small = 27**3 * 27 * 4 - 1
+    assert not computed.backend.tabulate(computed.vocab_size, too_small) and computed.backend.table is None
+    for model in (computed, tabled):
+        model.close()
 
 
 def test_first_k_names_of_2k_equal_the_k_names(served_registry):
