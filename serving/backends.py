@@ -107,12 +107,13 @@ class ChunkedBackend:
         powers = vocab_size ** np.arange(self.block_size - 1, -1, -1, dtype=np.int64)
         every = (np.arange(vocab_size ** self.block_size, dtype=np.int64)[:, None] // powers) % vocab_size
         table = self.forward(every)
+        self._powers = powers
         rng = np.random.default_rng(seed)
         probe = rng.integers(0, vocab_size, (self.chunk_rows + SMALL_CHUNK_ROWS + 1, self.block_size), dtype=np.int64)
-        if not np.array_equal(table[probe @ powers], self.forward(probe)):
+        if not np.array_equal(table[self.table_index(probe)], self.forward(probe)):  # the lookup serving does
             log.warning("%s: tabulated logits differ from the chunked forward; not using the table", self.name)
             return False
-        self._powers, self.table = powers, table
+        self.table = table
         return True
 
     def forward(self, context: np.ndarray) -> np.ndarray:

@@ -163,6 +163,8 @@ def cmd_ensemble(args) -> None:
 
     if len(args.checkpoints) < 2:
         raise UsageError("ensemble needs at least two checkpoints")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a folder")
     if (args.out / META_FILE).exists() and not args.overwrite:
         raise UsageError(f"--out {args.out}: already holds a checkpoint; use --overwrite")
     members = [load_checkpoint(path) for path in args.checkpoints]
