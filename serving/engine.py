@@ -52,19 +52,24 @@ class GenerationResult:
     exhausted: bool  # the attempt budget ran out before n names were accepted
 
 
+PENDING, ACCEPTED, REJECTED = 0, 1, 2  # a sample's status in its request
+
+
 @dataclass(eq=False)
 class GenerationRequest:
-    """A request's bookkeeping: which sample indices are launched, resolved and accepted."""
+    """A request's bookkeeping, by sample index: launched, finished (accepted or rejected), settled."""
 
     params: SamplingParams
     max_attempts: int
     on_done: Callable[[GenerationResult | BaseException], None]
     launched: int = 0  # next sample index
-    frontier: int = 0  # samples below it are settled, in index order
-    resolved: dict[int, tuple[str, float] | None] = field(default_factory=dict)  # above the frontier
-    accepted: list[tuple[str, float]] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
+    frontier: int = 0  # samples below it are settled: finished, and (unique) checked in index order
+    accepted: int = 0  # accepted samples below the frontier
     rejected: int = 0
+    status: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))  # per sample index
+    names: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    nlls: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    seen: set[str] = field(default_factory=set)  # unique: names accepted so far
     finished: bool = False
     cancelled: bool = False  # set by the caller (deadline); rows are dropped at the next step
     slot: int = -1  # key in the engine's request table while it has rows
@@ -76,35 +81,53 @@ class GenerationRequest:
         hopeful = self.launched - self.rejected  # samples that may still be accepted
         return max(0, min(self.params.n - hopeful, self.max_attempts - self.launched))
 
-    def resolve_many(self, indices: list[int], names: list[str], nlls: list[float], ended: list[bool],
-                     training_names: frozenset[str]) -> None:
-        """Record finished samples (ended=False: hit max_length) and settle the frontier in index order."""
+    def launch(self, count: int) -> np.ndarray:
+        """The next `count` sample indices, with room to record them."""
+        if self.launched + count > len(self.status):
+            size = min(max(2 * len(self.status), self.launched + count, 16), self.max_attempts)
+            for column in ("status", "names", "nlls"):
+                grown = np.zeros(size, dtype=getattr(self, column).dtype)
+                grown[: self.launched] = getattr(self, column)[: self.launched]
+                setattr(self, column, grown)
+        index = np.arange(self.launched, self.launched + count, dtype=np.int64)
+        self.launched += count
+        return index
+
+    def resolve(self, indices: np.ndarray, names: list[str], nlls: np.ndarray, ended: np.ndarray,
+                training_names: frozenset[str]) -> None:
+        """Record finished samples (ended=False: hit max_length) and move the frontier over settled ones."""
         if self.params.exclude_training:
-            ended = [ok and name not in training_names for ok, name in zip(ended, names)]
-        resolved = self.resolved
-        for index, name, nll, ok in zip(indices, names, nlls, ended):
-            if ok:
-                resolved[index] = (name, nll)
-            else:
-                resolved[index] = None  # rejected whatever its order
-                self.rejected += 1
+            ended = ended & np.array([name not in training_names for name in names], dtype=bool)
+        self.status[indices] = np.where(ended, ACCEPTED, REJECTED)
+        self.names[indices] = names
+        self.nlls[indices] = nlls
+        self.rejected += len(names) - int(np.count_nonzero(ended))
+        pending = np.flatnonzero(self.status[self.frontier:self.launched] == PENDING)
+        frontier = self.launched if not pending.size else self.frontier + int(pending[0])
         # Acceptance in sample-index order is what makes the answer independent of batching.
-        n, unique, seen, accepted = self.params.n, self.params.unique, self.seen, self.accepted
-        while self.frontier in resolved and len(accepted) < n:
-            settled = resolved.pop(self.frontier)
-            self.frontier += 1
-            if settled is None:
-                continue
-            if unique:
-                if settled[0] in seen:
-                    self.rejected += 1
-                    continue
-                seen.add(settled[0])
-            accepted.append(settled)
+        newly = self.frontier + np.flatnonzero(self.status[self.frontier:frontier] == ACCEPTED)
+        self.frontier = frontier
+        if not self.params.unique:
+            self.accepted += len(newly)
+            return
+        for index, name in zip(newly.tolist(), self.names[newly].tolist()):
+            if self.accepted >= self.params.n:
+                return
+            if name in self.seen:
+                self.status[index] = REJECTED
+                self.rejected += 1
+            else:
+                self.seen.add(name)
+                self.accepted += 1
 
     @property
     def complete(self) -> bool:
-        return len(self.accepted) >= self.params.n or self.frontier >= self.max_attempts
+        return self.accepted >= self.params.n or self.frontier >= self.max_attempts
+
+    def answer(self) -> list[tuple[str, float]]:
+        """The first n accepted samples in index order, with their NLLs."""
+        first = np.flatnonzero(self.status[: self.frontier] == ACCEPTED)[: self.params.n]
+        return list(zip(self.names[first].tolist(), self.nlls[first].tolist()))
 
 
 class RowState:
@@ -127,9 +150,14 @@ class RowState:
         self._columns = [a for a in vars(self).values() if isinstance(a, np.ndarray)]
 
     def keep(self, mask: np.ndarray) -> None:
-        kept = int(mask.sum())
-        for column in self._columns:
-            column[:kept] = column[: self.active][mask]
+        """Drop the rows where mask [active] is False: live rows from the end move into the holes (a row's
+        position never changes its draws, so only the moved rows are copied)."""
+        kept = int(np.count_nonzero(mask))
+        holes = np.flatnonzero(~mask[:kept])
+        if holes.size:
+            movers = kept + np.flatnonzero(mask[kept:])
+            for column in self._columns:
+                column[holes] = column[movers]
         self.active = kept
 
 
@@ -273,7 +301,7 @@ class Engine:
         rows.tokens[lo:hi, : len(prefix_ids)] = prefix_ids
         rows.length[lo:hi] = 0
         rows.nll[lo:hi] = 0.0
-        index = np.arange(request.launched, request.launched + count, dtype=np.int64)
+        index = request.launch(count)
         rows.sample_index[lo:hi] = index
         rows.key[lo:hi] = sample_keys(p.seed, index)
         rows.request[lo:hi] = request.slot
@@ -282,7 +310,6 @@ class Engine:
         rows.prefix_length[lo:hi] = len(prefix_ids)
         rows.min_length[lo:hi] = p.min_length
         rows.max_length[lo:hi] = p.max_length
-        request.launched += count
         rows.active = hi
 
     def _step(self) -> None:
@@ -301,18 +328,18 @@ class Engine:
         end_allowed = length >= rows.min_length[:n]
         temperature, top_k = rows.temperature[:n], rows.top_k[:n]
 
-        def sample(chunk: slice, dist):  # runs on the chunk's forward thread
-            return sample_step(dist, uniforms(key[chunk], length[chunk]), temperature[chunk], top_k[chunk],
-                               end_allowed[chunk], forced[chunk])
-
         backend, table = self.model.backend, self.model.distributions
-        if table is not None:  # every context's distribution is precomputed: look rows up
-            index = backend.table_index(rows.context[:n])
-            parts = backend.map_chunks(n, lambda chunk, _: sample(chunk, table.rows(index[chunk])))
+        if table is not None:  # every context's distribution is precomputed: a few gathers, on this thread
+            token, logp = table.sample(backend.table_index(rows.context[:n]), uniforms(key, length), temperature,
+                                       top_k, end_allowed, forced)
         else:
-            parts = backend.forward_map(rows.context[:n], lambda chunk, logits: sample(chunk, Distribution(logits)))
-        token = np.concatenate([p[0] for p in parts])
-        rows.nll[:n] -= np.concatenate([p[1] for p in parts])
+            def sample(chunk: slice, logits: np.ndarray):  # runs on the chunk's forward thread
+                return sample_step(Distribution(logits), uniforms(key[chunk], length[chunk]), temperature[chunk],
+                                   top_k[chunk], end_allowed[chunk], forced[chunk])
+
+            parts = backend.forward_map(rows.context[:n], sample)
+            token, logp = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        rows.nll[:n] -= logp
         ended = token == 0
         too_long = ~ended & (length >= rows.max_length[:n])
         growing = np.flatnonzero(~ended & ~too_long)
@@ -336,15 +363,13 @@ class Engine:
         order = np.argsort(slots, kind="stable")  # one group of rows per request
         done_rows, slots = done_rows[order], slots[order]
         names = self._decode(done_rows)
-        indices = rows.sample_index[done_rows].tolist()
-        nlls = rows.nll[done_rows].tolist()
-        ok = ended[done_rows].tolist()
+        indices, nlls, ok = rows.sample_index[done_rows], rows.nll[done_rows], ended[done_rows]
         cuts = (np.flatnonzero(np.diff(slots)) + 1).tolist()
         for slot, lo, hi in zip(slots[[0, *cuts]].tolist(), [0, *cuts], [*cuts, len(slots)]):
             request = self._slots[slot]
             if request.finished or request.cancelled:
                 continue
-            request.resolve_many(indices[lo:hi], names[lo:hi], nlls[lo:hi], ok[lo:hi], self.model.training_names)
+            request.resolve(indices[lo:hi], names[lo:hi], nlls[lo:hi], ok[lo:hi], self.model.training_names)
             if request.complete:
                 self._finish(request)
         rows.keep(~done)
@@ -366,8 +391,8 @@ class Engine:
         request.finished = True
         if request.cancelled:
             return
-        exhausted = len(request.accepted) < request.params.n
-        request.on_done(GenerationResult(request.accepted[: request.params.n], self.model.version, exhausted))
+        names = request.answer()
+        request.on_done(GenerationResult(names, self.model.version, exhausted=len(names) < request.params.n))
 
     def _fail_all(self, error: BaseException) -> None:
         for request in set(self._slots.values()) | set(self._open):

@@ -68,18 +68,78 @@ class Distribution:
         return z.astype(np.float64) - np.log(self.total).astype(np.float64)
 
 
+GUIDE_BUCKETS = 64  # guide-table cells per context: a draw starts its search at most a few entries short
+
+
 class DistributionTable:
-    """Distribution of every context of a logits table [contexts, V], computed once in one batch."""
+    """Every context's distribution, precomputed from a logits table [C, V] in one batch, as the sampler
+    reads it: twice, as the model gives it and with the end token masked (rows still under min_length),
+    so a plain draw (temperature 1, no top-k) is a handful of gathers. Tempered or truncated rows go
+    through sample_step on TableRows, as computed distributions do. The results are bit for bit those of
+    sample_step on Distribution(logits): LoadedModel.use_table checks it before serving from a table."""
 
     def __init__(self, logits_table: np.ndarray):
+        contexts, vocab = logits_table.shape
         whole = Distribution(logits_table)
-        self.z = whole.z  # [V, C]: column gathers
-        self.cdf = whole.cdf  # [V, C]
-        self.weights = np.ascontiguousarray(whole.weights.T)  # [C, V]: one element per row
-        self.logp = np.ascontiguousarray((whole.z.astype(np.float64) - np.log(whole.total).astype(np.float64)).T)
+        no_end = _special_weights(whole.z, np.ones(contexts), np.zeros(contexts, dtype=np.int64),
+                                  np.zeros(contexts, dtype=bool), np.empty(contexts, dtype=np.int64),
+                                  np.arange(contexts))
+        self.contexts, self.vocab = contexts, vocab
+        self.z = np.ascontiguousarray(whole.z.T)  # [C, V]
+        self.log_total = np.log(whole.total)  # [C] float32
+        # Row c: context c as the model gives it; row C + c: the same with the end token masked.
+        self.weights = np.ascontiguousarray(np.concatenate([whole.weights, no_end], axis=1).T)  # [2C, V]
+        self.cdf = np.ascontiguousarray(np.concatenate([whole.cdf, _cumsum_over_vocab(no_end)], axis=1).T)
+        self.total = self.cdf[:, -1].copy()
+        # guide[r, g]: entries of row r's cdf at or below (g / G) * total, in the sampler's float32 arithmetic.
+        # Rounding is monotone, so a draw u >= g / G counts at least that many: its search starts there.
+        cut = np.float32(1 / GUIDE_BUCKETS) * np.arange(GUIDE_BUCKETS, dtype=np.float32)
+        thresholds = cut[None, :] * self.total[:, None]  # [2C, G]
+        guide = np.zeros(thresholds.shape, dtype=np.int16)  # int16: MAX_VOCAB
+        for column in self.cdf.T:
+            guide += column[:, None] <= thresholds
+        self.guide = guide.astype(np.int8 if vocab < 127 else np.int16).ravel()
 
     def rows(self, index: np.ndarray) -> TableRows:
         return TableRows(self, index)
+
+    def sample(self, index: np.ndarray, u: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
+               end_allowed: np.ndarray, forced: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """sample_step for rows whose contexts are table rows `index` (same arguments, same results)."""
+        chosen = self._inverse_cdf(np.where(end_allowed, index, index + self.contexts), u)
+        special = np.flatnonzero((temperature != 1.0) | (top_k != 0))
+        if special.size:
+            chosen[special] = sample_step(self.rows(index[special]), u[special], temperature[special],
+                                          top_k[special], end_allowed[special], np.full(special.size, -1))[0]
+        take = forced >= 0
+        chosen[take] = forced[take]
+        return chosen, self.logp(index, chosen)
+
+    def logp(self, index: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """log p(chosen) under the untempered model of table rows `index`, as Distribution.logp_at computes it."""
+        z = self.z.ravel()[index * self.vocab + chosen]
+        return z.astype(np.float64) - self.log_total[index].astype(np.float64)
+
+    def _inverse_cdf(self, row: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """count(cdf[row] <= float32(u) * total[row]), capped at V - 1: sample_step's draw, by guided search."""
+        vocab = self.vocab
+        u32 = u.astype(np.float32)
+        threshold = u32 * self.total[row]
+        bucket = np.minimum((u32 * np.float32(GUIDE_BUCKETS)).astype(np.int64), GUIDE_BUCKETS - 1)
+        found = self.guide[row * GUIDE_BUCKETS + bucket].astype(np.int64)
+        base = row * vocab
+        searching = np.flatnonzero(found < vocab)
+        while searching.size:  # step past entries at or below the threshold; rarely more than one
+            at = found[searching]
+            past = self.cdf.ravel()[base[searching] + at] <= threshold[searching]
+            searching = searching[past]
+            found[searching] += 1
+            searching = searching[found[searching] < vocab]
+        index = np.minimum(found, vocab - 1)
+        unlucky = np.flatnonzero(self.weights.ravel()[base + index] == 0)  # see sample_step
+        if unlucky.size:
+            index[unlucky] = np.count_nonzero(self.cdf[row[unlucky]] < self.total[row[unlucky], None], axis=1)
+        return index
 
 
 class TableRows:
@@ -87,17 +147,17 @@ class TableRows:
 
     def __init__(self, table: DistributionTable, index: np.ndarray):
         self.table, self.index = table, index
-        self.cdf = np.take(table.cdf, index, axis=1)
+        self.cdf = np.ascontiguousarray(table.cdf[index].T)  # [V, R]
         self.total = self.cdf[-1].copy()
 
     def z_columns(self, columns: np.ndarray) -> np.ndarray:
-        return np.take(self.table.z, self.index[columns], axis=1)
+        return np.ascontiguousarray(self.table.z[self.index[columns]].T)
 
     def weight_at(self, index: np.ndarray) -> np.ndarray:
         return self.table.weights[self.index, index]
 
     def logp_at(self, index: np.ndarray) -> np.ndarray:
-        return self.table.logp[self.index, index]
+        return self.table.logp(self.index, index)
 
 
 def sample_step(dist: Distribution | TableRows, u: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
