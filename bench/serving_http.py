@@ -1,10 +1,11 @@
 """Over HTTP: continuous batching against one-request-at-a-time, same run, same machine.
 
-    .venv/bin/python bench/serving_http.py [--model mlp] [--duration 10]
+    .venv/bin/python bench/serving_http.py [--model mlp] [--duration 5] [--rounds 3]
 
 Two servers on 127.0.0.1 serve the same exported model: the default (continuous batching) and one with
 NAMEGEN_MAX_ACTIVE_REQUESTS=1 (each request runs alone, as a naive server would). Each faces 64 clients
-asking n=1, then 8 clients asking n=1000, for --duration seconds after a warm-up.
+asking n=1, then 8 clients asking n=1000, for --duration seconds after a warm-up, in --rounds
+interleaved rounds; the figures are medians over the rounds.
 
 The clients are bare asyncio HTTP/1.1 keep-alive connections, not `namegen bench`: on this 2-core
 machine httpx spends about 3.5 ms of CPU per request, more than the server, so the httpx load
@@ -18,6 +19,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -102,37 +104,48 @@ def start_server(registry, **env) -> tuple[subprocess.Popen, str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mlp")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per scenario and server")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per scenario, server and round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians over them")
     p.add_argument("--loadgen", action="store_true", help="also measure with `namegen bench` (httpx)")
     args = p.parse_args()
     registry = served_registry({args.model: trained_checkpoint(args.model)})
 
-    results = {}
-    for mode, env in [("continuous", {}), ("one at a time", {"max_active_requests": 1})]:
-        process, url = start_server(registry, **env)
-        try:
+    modes = [("continuous", {}), ("one at a time", {"max_active_requests": 1})]
+    servers = {mode: start_server(registry, **env) for mode, env in modes}
+    runs: dict[tuple, list[Load]] = {}
+    try:
+        for _ in range(args.rounds):  # interleaved, so drift in the machine's load hits both servers alike
             for scenario, concurrency, n in SCENARIOS:
-                results[mode, scenario] = asyncio.run(raw_load(url, concurrency, n, args.duration))
-                if args.loadgen:
-                    report = asyncio.run(run_load(url, concurrency=concurrency, duration=args.duration, n=n,
-                                                  warmup=concurrency * 2, timeout=120))
-                    results[mode, scenario, "httpx"] = Load(report.requests_per_s, report.names_per_s,
-                                                            report.latency_ms, report.requests - report.ok)
-        finally:
+                for mode, _ in modes:
+                    url = servers[mode][1]
+                    runs.setdefault((mode, scenario), []).append(
+                        asyncio.run(raw_load(url, concurrency, n, args.duration)))
+                    if args.loadgen:
+                        report = asyncio.run(run_load(url, concurrency=concurrency, duration=args.duration, n=n,
+                                                      warmup=concurrency * 2, timeout=120))
+                        runs.setdefault((mode, scenario, "httpx"), []).append(Load(
+                            report.requests_per_s, report.names_per_s, report.latency_ms, report.requests - report.ok))
+    finally:
+        for process, _ in servers.values():
             process.terminate()
             process.wait(60)
 
+    def median(key, field):
+        values = [getattr(r, field) if field != "p50" and field != "p99" else r.latency_ms[field] for r in runs[key]]
+        return statistics.median(values)
+
     print(machine_line("serving_http"))
-    print(f"model {args.model}, onnxruntime, {args.duration:.0f} s per scenario, client on the same machine")
+    print(f"model {args.model}, onnxruntime, medians of {args.rounds} rounds of {args.duration:.0f} s per scenario, "
+          f"client on the same machine")
     print(f"  {'scenario':<20} {'server':<22} {'req/s':>9} {'names/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for scenario, _, _ in SCENARIOS:
         for key in [(m, scenario, *c) for c in ([()] + ([("httpx",)] if args.loadgen else []))
-                    for m in ("continuous", "one at a time")]:
-            r = results[key]
+                    for m, _ in modes]:
             label = key[0] + (" (httpx)" if len(key) > 2 else "")
-            print(f"  {scenario:<20} {label:<22} {r.requests_per_s:>9.1f} {r.names_per_s:>10.0f} "
-                  f"{r.latency_ms['p50']:>8.1f} {r.latency_ms['p99']:>8.1f} {r.failed:>7}")
-        ratio = results["continuous", scenario].names_per_s / results["one at a time", scenario].names_per_s
+            print(f"  {scenario:<20} {label:<22} {median(key, 'requests_per_s'):>9.1f} "
+                  f"{median(key, 'names_per_s'):>10.0f} {median(key, 'p50'):>8.1f} {median(key, 'p99'):>8.1f} "
+                  f"{sum(r.failed for r in runs[key]):>7}")
+        ratio = median(("continuous", scenario), "names_per_s") / median(("one at a time", scenario), "names_per_s")
         print(f"  {scenario:<20} continuous / one at a time: {ratio:.1f}x")
 
 

@@ -7,7 +7,6 @@ import logging
 import math
 import random
 import secrets
-import time
 from contextlib import asynccontextmanager
 
 import orjson
@@ -18,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from .asgi import LimitAndMeasure, ShortPath
 from .engine import EngineStopped, QueueFull, SamplingParams
 from .manager import ModelManager, NotReady, Served, UnknownModel
 from .metrics import Metrics
@@ -57,67 +57,6 @@ def _json_safe(value):
     return value
 
 
-class LimitAndMeasure:
-    """Plain ASGI middleware (cheaper than @app.middleware): 413 past the body limit, request metrics."""
-
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int):
-        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        status = 500
-
-        async def send_and_note(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-                return await self._too_large(scope, receive, send_and_note)
-            if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-                body = await self._read_limited(receive)  # chunked: no length to check up front
-                if body is None:
-                    return await self._too_large(scope, receive, send_and_note)
-                receive = _replay(body)
-            await self.app(scope, receive, send_and_note)
-        finally:
-            route = scope.get("route")
-            path = route.path if route is not None else "unmatched"
-            self.metrics.requests.labels(path, str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
-
-    async def _read_limited(self, receive) -> bytes | None:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:
-                return None
-            if not message.get("more_body"):
-                return b"".join(chunks)
-
-    async def _too_large(self, scope, receive, send) -> None:
-        await JSONResponse({"detail": f"request body over {self.max_body_bytes} bytes"}, 413)(scope, receive, send)
-
-
-def _replay(body: bytes):
-    sent = False
-
-    async def receive():
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-    return receive
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -143,12 +82,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         watcher.cancel()
         await run_in_threadpool(manager.close)  # engines drain what is in flight
 
+    # FastAPI's native OpenTelemetry is off: metrics are Prometheus's (/metrics), and its per-request
+    # provider lookups cost more than a small generation.
     app = FastAPI(title="namegen", version="0.1.0", lifespan=lifespan,
-                  description="Character-level name generation and scoring.")
+                  description="Character-level name generation and scoring.",
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.manager = manager
     app.state.settings = settings
 
-    app.add_middleware(LimitAndMeasure, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -281,4 +222,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Load every model whose LATEST changed now, instead of at the next registry poll."""
         return {"models": await run_in_threadpool(manager.refresh)}
 
+    # Middleware added last runs first: limits and metrics, then the short path for /generate.
+    generate_routes = {route.path: route for route in app.routes if getattr(route, "endpoint", None) is generate}
+    app.add_middleware(ShortPath, routes=generate_routes, model=GenerateRequest, handler=generate)
+    app.add_middleware(LimitAndMeasure, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app

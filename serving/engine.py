@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from .model import LoadedModel
-from .sampler import Distribution, sample_keys, sample_step, uniforms
+from .sampler import Distribution, sample_keys, sample_step, seed_key, uniforms
 
 log = logging.getLogger("namegen.engine")
 NEWLINE = np.uint32(10)
@@ -63,6 +63,7 @@ class GenerationRequest:
     max_attempts: int
     on_done: Callable[[GenerationResult | BaseException], None]
     launched: int = 0  # next sample index
+    live: int = 0  # rows in flight
     frontier: int = 0  # samples below it are settled: finished, and (unique) checked in index order
     accepted: int = 0  # accepted samples below the frontier
     rejected: int = 0
@@ -70,10 +71,15 @@ class GenerationRequest:
     names: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     nlls: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
     seen: set[str] = field(default_factory=set)  # unique: names accepted so far
+    seed_key: int = field(init=False)  # mixes into every sample's stream key (sampler.sample_keys)
     finished: bool = False
     cancelled: bool = False  # set by the caller (deadline); rows are dropped at the next step
     slot: int = -1  # key in the engine's request table while it has rows
     started: bool = False  # has had rows; until then it counts against max_queue
+    waiting: bool = True  # in the engine's queue of requests that want rows
+
+    def __post_init__(self):
+        self.seed_key = seed_key(self.params.seed)
 
     def rows_wanted(self) -> int:
         if self.finished or self.cancelled:
@@ -81,35 +87,37 @@ class GenerationRequest:
         hopeful = self.launched - self.rejected  # samples that may still be accepted
         return max(0, min(self.params.n - hopeful, self.max_attempts - self.launched))
 
-    def launch(self, count: int) -> np.ndarray:
-        """The next `count` sample indices, with room to record them."""
+    def launch(self, count: int) -> int:
+        """Take the next `count` sample indices, with room to record them; returns the first."""
         if self.launched + count > len(self.status):
             size = min(max(2 * len(self.status), self.launched + count, 16), self.max_attempts)
             for column in ("status", "names", "nlls"):
                 grown = np.zeros(size, dtype=getattr(self, column).dtype)
                 grown[: self.launched] = getattr(self, column)[: self.launched]
                 setattr(self, column, grown)
-        index = np.arange(self.launched, self.launched + count, dtype=np.int64)
+        first = self.launched
         self.launched += count
-        return index
+        self.live += count
+        return first
 
     def resolve(self, indices: np.ndarray, names: list[str], nlls: np.ndarray, ended: np.ndarray,
                 training_names: frozenset[str]) -> None:
         """Record finished samples (ended=False: hit max_length) and move the frontier over settled ones."""
         if self.params.exclude_training:
             ended = ended & np.array([name not in training_names for name in names], dtype=bool)
-        self.status[indices] = np.where(ended, ACCEPTED, REJECTED)
+        self.status[indices] = REJECTED - ended  # ACCEPTED where ended
         self.names[indices] = names
         self.nlls[indices] = nlls
         self.rejected += len(names) - int(np.count_nonzero(ended))
-        pending = np.flatnonzero(self.status[self.frontier:self.launched] == PENDING)
-        frontier = self.launched if not pending.size else self.frontier + int(pending[0])
+        self.live -= len(names)
+        start = self.frontier
         # Acceptance in sample-index order is what makes the answer independent of batching.
-        newly = self.frontier + np.flatnonzero(self.status[self.frontier:frontier] == ACCEPTED)
-        self.frontier = frontier
+        self.frontier = self.launched if not self.live else \
+            start + int(np.argmax(self.status[start:self.launched] == PENDING))
         if not self.params.unique:
-            self.accepted += len(newly)
+            self.accepted += int(np.count_nonzero(self.status[start:self.frontier] == ACCEPTED))
             return
+        newly = start + np.flatnonzero(self.status[start:self.frontier] == ACCEPTED)
         for index, name in zip(newly.tolist(), self.names[newly].tolist()):
             if self.accepted >= self.params.n:
                 return
@@ -174,8 +182,8 @@ class Engine:
         self.on_step = on_step  # metrics hook: rows in this step
         self.rows = RowState(max_batch_rows, model.block_size, max_name_length)
         self._inbox: queue.SimpleQueue[GenerationRequest] = queue.SimpleQueue()
-        self._open: deque[GenerationRequest] = deque()  # unfinished requests, in arrival order
-        self._slots: dict[int, GenerationRequest] = {}  # request table: slot -> request with live rows
+        self._open: deque[GenerationRequest] = deque()  # requests that want rows, in arrival order
+        self._slots: dict[int, GenerationRequest] = {}  # request table: slot -> request that has had rows
         self._next_slot = 0
         self._queued = 0  # requests submitted that have not had rows yet
         self._lock = threading.Lock()
@@ -260,23 +268,33 @@ class Engine:
                 return
 
     def _admit(self) -> None:
-        """Give free rows to requests in arrival order; drop the ones that are answered or abandoned."""
-        rows = self.rows
+        """Give free rows to requests that want them, in arrival order; drop abandoned ones. A request
+        leaves the queue once its rows are launched and comes back if rejections leave it short."""
         still_open: deque[GenerationRequest] = deque()
-        active_requests = 0
+        launches: list[tuple[GenerationRequest, int]] = []
+        free = self.max_batch_rows - self.rows.active
+        active_requests = len(self._slots)
         for request in self._open:
-            if request.finished or request.cancelled or request.complete:
+            if request.finished or request.cancelled:
                 self._finish(request)
                 self._mark_started(request)
                 continue
-            still_open.append(request)
-            if self.max_active_requests and active_requests >= self.max_active_requests:
-                continue
-            active_requests += 1
-            count = min(request.rows_wanted(), self.max_batch_rows - rows.active)
-            if count > 0:
-                self._launch(request, count)
+            wanted = request.rows_wanted()
+            fresh = request.slot < 0
+            if wanted and free and (not fresh or not self.max_active_requests or
+                                    active_requests < self.max_active_requests):
+                count = min(wanted, free)
+                launches.append((request, count))
+                free -= count
+                wanted -= count
+                active_requests += fresh
+            if wanted:
+                still_open.append(request)
+            else:
+                request.waiting = False
         self._open = still_open
+        if launches:
+            self._launch(launches)
 
     def _mark_started(self, request: GenerationRequest) -> None:
         """A request stops counting as queued once it gets rows (or ends without them)."""
@@ -285,31 +303,45 @@ class Engine:
             with self._lock:
                 self._queued -= 1
 
-    def _launch(self, request: GenerationRequest, count: int) -> None:
+    def _launch(self, launches: list[tuple[GenerationRequest, int]]) -> None:
+        """Fill rows [active, active + sum of counts) for this step's launches: one array operation per
+        column whatever the number of requests."""
         rows, model = self.rows, self.model
-        self._mark_started(request)
-        if request.slot < 0:
-            request.slot = self._next_slot
-            self._next_slot += 1
-            self._slots[request.slot] = request
-        p = request.params
-        lo, hi = rows.active, rows.active + count
+        for request, _ in launches:
+            self._mark_started(request)
+            if request.slot < 0:
+                request.slot = self._next_slot
+                self._next_slot += 1
+                self._slots[request.slot] = request
+        counts = np.array([count for _, count in launches], dtype=np.int64)
+        lo = rows.active
+        hi = lo + int(counts.sum())
+
+        def each_row(values, dtype):  # one value per request -> one per launched row
+            return np.repeat(np.array(values, dtype=dtype), counts)
+
+        params = [request.params for request, _ in launches]
+        first = each_row([request.launch(count) for request, count in launches], np.int64)
+        offset = np.arange(hi - lo, dtype=np.int64) - each_row(np.cumsum(counts) - counts, np.int64)
+        index = first + offset  # each row's sample index in its request
+        rows.sample_index[lo:hi] = index
+        rows.key[lo:hi] = sample_keys(each_row([request.seed_key for request, _ in launches], np.uint64), index)
+        rows.request[lo:hi] = each_row([request.slot for request, _ in launches], np.int64)
+        rows.temperature[lo:hi] = each_row([p.temperature for p in params], np.float64)
+        rows.top_k[lo:hi] = each_row([p.top_k for p in params], np.int64)
+        rows.min_length[lo:hi] = each_row([p.min_length for p in params], np.int64)
+        rows.max_length[lo:hi] = each_row([p.max_length for p in params], np.int64)
+        rows.prefix_length[lo:hi] = each_row([len(p.prefix) for p in params], np.int64)
         # Prefix characters go through the same steps as sampled ones, forced instead of drawn,
         # so their NLL counts; rows start from the empty context.
-        prefix_ids = [model.stoi[ch] for ch in p.prefix]
+        start = lo
+        for p, count in zip(params, counts.tolist()):
+            if p.prefix:
+                rows.tokens[start:start + count, : len(p.prefix)] = [model.stoi[ch] for ch in p.prefix]
+            start += count
         rows.context[lo:hi] = 0
-        rows.tokens[lo:hi, : len(prefix_ids)] = prefix_ids
         rows.length[lo:hi] = 0
         rows.nll[lo:hi] = 0.0
-        index = request.launch(count)
-        rows.sample_index[lo:hi] = index
-        rows.key[lo:hi] = sample_keys(p.seed, index)
-        rows.request[lo:hi] = request.slot
-        rows.temperature[lo:hi] = p.temperature
-        rows.top_k[lo:hi] = p.top_k
-        rows.prefix_length[lo:hi] = len(prefix_ids)
-        rows.min_length[lo:hi] = p.min_length
-        rows.max_length[lo:hi] = p.max_length
         rows.active = hi
 
     def _step(self) -> None:
@@ -353,9 +385,12 @@ class Engine:
         rows = self.rows
         n = rows.active
         done = ended | too_long
-        stale = [slot for slot, r in self._slots.items() if r.finished or r.cancelled]
-        if stale:  # rows of answered or abandoned requests are dropped, not resolved
-            done |= np.isin(rows.request[:n], stale)
+        stale = [request for request in self._slots.values() if request.finished or request.cancelled]
+        dropped = [request.slot for request in stale if request.live]
+        if dropped:  # rows of answered or abandoned requests are dropped, not resolved
+            done |= np.isin(rows.request[:n], dropped)
+        for request in stale:
+            del self._slots[request.slot]
         if not done.any():
             return
         done_rows = np.flatnonzero(done)
@@ -366,15 +401,18 @@ class Engine:
         indices, nlls, ok = rows.sample_index[done_rows], rows.nll[done_rows], ended[done_rows]
         cuts = (np.flatnonzero(np.diff(slots)) + 1).tolist()
         for slot, lo, hi in zip(slots[[0, *cuts]].tolist(), [0, *cuts], [*cuts, len(slots)]):
-            request = self._slots[slot]
-            if request.finished or request.cancelled:
+            request = self._slots.get(slot)
+            if request is None:  # stale, dropped above
                 continue
             request.resolve(indices[lo:hi], names[lo:hi], nlls[lo:hi], ok[lo:hi], self.model.training_names)
             if request.complete:
                 self._finish(request)
+                if not request.live:
+                    del self._slots[slot]
+            elif not request.waiting and request.rows_wanted():
+                request.waiting = True
+                self._open.append(request)
         rows.keep(~done)
-        for slot in stale:
-            del self._slots[slot]
 
     def _decode(self, done_rows: np.ndarray) -> list[str]:
         """All finished names in one pass: code points, a newline after each, one decode, one split."""

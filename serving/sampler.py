@@ -23,10 +23,19 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def sample_keys(seed: int, sample_index: np.ndarray) -> np.ndarray:
-    """Per-sample stream key: mix(mix(seed) ^ index). uint64 [rows]."""
-    seed_key = splitmix64(np.array([seed], dtype=np.uint64))
-    return splitmix64(seed_key ^ sample_index.astype(np.uint64))
+def seed_key(seed: int) -> int:
+    """mix(seed): what a request's seed contributes to each of its samples' keys. splitmix64 on one
+    Python int (a numpy call costs more than the arithmetic)."""
+    mask = 2**64 - 1
+    z = (seed + int(_GOLDEN)) & mask
+    z = ((z ^ (z >> 30)) * int(_MIX1)) & mask
+    z = ((z ^ (z >> 27)) * int(_MIX2)) & mask
+    return z ^ (z >> 31)
+
+
+def sample_keys(seed_keys: np.ndarray, sample_index: np.ndarray) -> np.ndarray:
+    """Per-sample stream key: mix(mix(seed) ^ index), from seed_key(seed) of each row. uint64 [rows]."""
+    return splitmix64(seed_keys ^ sample_index.astype(np.uint64))
 
 
 def uniforms(keys: np.ndarray, position: np.ndarray) -> np.ndarray:

@@ -138,6 +138,17 @@ def test_malformed_json_and_oversized_bodies_are_4xx(http):
     assert chunked.status_code == 413
 
 
+def test_generate_answers_alike_on_the_short_path_and_through_fastapi(http):
+    # application/json is answered in front of FastAPI's routing (serving/asgi.py, ShortPath); other JSON
+    # media types go through FastAPI's route. The same request must get the same answer either way.
+    body = b'{"n": 20, "seed": 5, "prefix": "a", "unique": true, "temperature": 0.8}'
+    short = http.post("/v1/generate", content=body, headers={"content-type": "application/json"})
+    routed = http.post("/v1/generate", content=body, headers={"content-type": "application/vnd.namegen+json"})
+    assert short.status_code == routed.status_code == 200
+    assert short.json() == routed.json() and len(short.json()["names"]) == 20
+    assert short.headers["content-type"] == routed.headers["content-type"]
+
+
 def test_top_k_at_or_past_the_vocabulary_keeps_every_character(http):
     plain = http.post("/v1/generate", json={"n": 6, "seed": 4}).json()["names"]
     assert http.post("/v1/generate", json={"n": 6, "seed": 4, "top_k": 2**63 - 1}).json()["names"] == plain
