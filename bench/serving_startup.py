@@ -27,8 +27,9 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def one_launch(registry) -> tuple[float, float]:
-    env = {**os.environ, "NAMEGEN_REGISTRY": str(registry), "NAMEGEN_PORT": str(PORT), "NAMEGEN_LOG_LEVEL": "warning"}
+def one_launch(registry, model: str) -> tuple[float, float]:
+    env = {**os.environ, "NAMEGEN_REGISTRY": str(registry), "NAMEGEN_MODELS": model, "NAMEGEN_PORT": str(PORT),
+           "NAMEGEN_LOG_LEVEL": "warning"}
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -57,7 +58,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     args = p.parse_args()
     registry = served_registry({args.model: trained_checkpoint(args.model)})
-    launches = [one_launch(registry) for _ in range(args.runs)]
+    launches = [one_launch(registry, args.model) for _ in range(args.runs)]
     print(machine_line("serving_startup"))
     print(f"model {args.model}, onnxruntime backend, {args.runs} launches")
     print(f"  cold start to ready: median {statistics.median(l[0] for l in launches):.2f} s "

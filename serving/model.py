@@ -133,7 +133,9 @@ def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
     model = LoadedModel(name, version, manifest, backend, training_names)
     try:
         backend.check_shape_invariance(model.vocab_size)
-        if backend.tabulate(model.vocab_size, int(settings.logits_table_mb * 2**20)):
+        # The budget covers the logits and the sampler's precomputed view of them, about 8x as much.
+        view = model.vocab_size ** model.block_size * DistributionTable.bytes_per_context(model.vocab_size)
+        if backend.tabulate(model.vocab_size, int(settings.logits_table_mb * 2**20) - view):
             model.use_table()
         _check_sanity(model)
     except Exception as e:

@@ -109,6 +109,12 @@ class DistributionTable:
             guide += column[:, None] <= thresholds
         self.guide = guide.astype(np.int8 if vocab < 127 else np.int16).ravel()
 
+    @staticmethod
+    def bytes_per_context(vocab: int) -> int:
+        """Memory this table takes per context (what NAMEGEN_LOGITS_TABLE_MB must cover besides the logits)."""
+        guide = 1 if vocab < 127 else 2
+        return 4 * vocab + 4 + 2 * (2 * 4 * vocab + 4 + guide * GUIDE_BUCKETS)
+
     def rows(self, index: np.ndarray) -> TableRows:
         return TableRows(self, index)
 

@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)  # forward workers
     max_batch_rows: int = Field(4096, ge=1)  # rows in flight per scheduler step
     forward_chunk_rows: int = Field(1024, ge=1)  # forwards run on chunks of this shape (see backends.py)
-    logits_table_mb: float = Field(16.0, ge=0)  # tabulate every context's logits when they fit; 0: never
+    # Precompute every context's logits and sampling view when they fit (the mlp: 27**3 contexts, 15.5 MB)
+    logits_table_mb: float = Field(32.0, ge=0)  # 0: never
     max_active_requests: int = Field(0, ge=0)  # requests sharing steps; 0: no limit, 1: one at a time
     max_queue: int = Field(256, ge=1)  # requests waiting per model before 429
     request_timeout_s: float = Field(30.0, gt=0)  # deadline -> 504

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -15,11 +16,12 @@ from serving.settings import Settings
 
 
 def make_engine(registry, name="mlp", max_batch_rows=4096, threads=2, backend="onnxruntime", chunk=1024,
-                table_mb=16.0):
+                table_mb=32.0, max_active_requests=0):
     settings = Settings(registry=registry, threads=threads, max_batch_rows=max_batch_rows, backend=backend,
                         forward_chunk_rows=chunk, logits_table_mb=table_mb)
     model = load_version(settings, name, latest_version(registry, name))
-    return Engine(model, max_batch_rows, max_queue=10_000, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
+    return Engine(model, max_batch_rows, max_queue=10_000, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20,
+                  max_active_requests=max_active_requests)
 
 
 SEEDED = [SamplingParams(n=60, seed=5), SamplingParams(n=30, seed=6, temperature=0.7, top_k=6),
@@ -62,7 +64,7 @@ def test_seeded_requests_are_identical_alone_or_mixed_for_any_batch_rows_and_thr
     alone = [reference_engine.generate(p).names for p in SEEDED]
     reference_engine.stop()
     mismatched = total = 0
-    for rows, threads, table_mb in [(1, 1, 0), (7, 2, 16), (100, 2, 0), (4096, 2, 16)]:
+    for rows, threads, table_mb in [(1, 1, 0), (7, 2, 32), (100, 2, 0), (4096, 2, 32)]:
         engine = make_engine(served_registry, max_batch_rows=rows, threads=threads, table_mb=table_mb)
         assert (engine.model.distributions is not None) == (table_mb > 0)
         mixed = mixed_run(engine, SEEDED, noise_requests=8 if rows == 1 else 40)
@@ -79,14 +81,32 @@ def test_logits_table_matches_the_forward_and_respects_its_budget(served_registr
         settings = Settings(registry=served_registry, threads=2, logits_table_mb=table_mb)
         return load_version(settings, "mlp", latest_version(served_registry, "mlp"))
 
-    computed, tabled = load(0), load(16)
+    computed, tabled = load(0), load(32)
     assert tabled.backend.table.shape == (tabled.vocab_size ** 3, tabled.vocab_size)
     names = sorted(tabled.training_names)[:500]
     assert [a.tolist() for a in computed.token_logp(names)] == [a.tolist() for a in tabled.token_logp(names)]
     too_small = 27**3 * 27 * 4 - 1
     assert not computed.backend.tabulate(computed.vocab_size, too_small) and computed.backend.table is None
-    for model in (computed, tabled):
+    # The budget covers the logits and the sampler's view of them, as measured on the loaded arrays.
+    view = tabled.distributions
+    used = tabled.backend.table.nbytes + sum(a.nbytes for a in vars(view).values() if isinstance(a, np.ndarray))
+    just_short, enough = load((used - 1) / 2**20), load(used / 2**20)
+    assert just_short.distributions is None and enough.distributions is not None
+    for model in (computed, tabled, just_short, enough):
         model.close()
+
+
+def test_one_request_at_a_time_holds_rows_of_one_request_and_gives_the_same_names(served_registry):
+    # NAMEGEN_MAX_ACTIVE_REQUESTS=1, the HTTP benchmark's baseline: requests wait their turn whole.
+    reference = make_engine(served_registry)
+    alone = [reference.generate(p).names for p in SEEDED]
+    reference.stop()
+    engine = make_engine(served_registry, max_batch_rows=16, max_active_requests=1)
+    holders = []
+    engine.on_step = lambda n: holders.append(len(set(engine.rows.request[:n].tolist())))  # on the engine thread
+    assert mixed_run(engine, SEEDED, noise_requests=10) == alone
+    engine.stop()
+    assert holders and max(holders) == 1
 
 
 def test_first_k_names_of_2k_equal_the_k_names(served_registry):
