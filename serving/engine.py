@@ -21,7 +21,6 @@ from .model import LoadedModel
 from .sampler import Distribution, sample_keys, sample_step, seed_key, uniforms
 
 log = logging.getLogger("namegen.engine")
-NEWLINE = np.uint32(10)
 
 
 class QueueFull(Exception):
@@ -47,7 +46,8 @@ class SamplingParams:
 
 @dataclass
 class GenerationResult:
-    names: list[tuple[str, float]]  # (name, NLL in nats under the model, end token included)
+    names: list[str]
+    nlls: list[float]  # each name's NLL in nats under the model, end token included
     version: str
     exhausted: bool  # the attempt budget ran out before n names were accepted
 
@@ -132,10 +132,12 @@ class GenerationRequest:
     def complete(self) -> bool:
         return self.accepted >= self.params.n or self.frontier >= self.max_attempts
 
-    def answer(self) -> list[tuple[str, float]]:
-        """The first n accepted samples in index order, with their NLLs."""
+    def answer(self) -> tuple[list[str], list[float]]:
+        """The first n accepted samples in index order, and their NLLs."""
         first = np.flatnonzero(self.status[: self.frontier] == ACCEPTED)[: self.params.n]
-        return list(zip(self.names[first].tolist(), self.nlls[first].tolist()))
+        if len(first) and first[-1] == len(first) - 1:  # nothing rejected before the last: a slice, no gather
+            first = slice(0, len(first))
+        return self.names[first].tolist(), self.nlls[first].tolist()
 
 
 class RowState:
@@ -419,9 +421,9 @@ class Engine:
         lengths = self.rows.length[done_rows]
         width = int(lengths.max()) + 1
         points = self.model.codepoints[self.rows.tokens[done_rows, :width]]
-        points[np.arange(len(done_rows)), lengths] = NEWLINE
+        points[np.arange(len(done_rows)), lengths] = ord("\n")
         keep = np.arange(width)[None, :] <= lengths[:, None]
-        return points[keep].tobytes().decode("utf-32-le").split("\n")[:-1]
+        return points[keep].tobytes().decode(self.model.encoding).split("\n")[:-1]
 
     def _finish(self, request: GenerationRequest) -> None:
         if request.finished:
@@ -429,8 +431,8 @@ class Engine:
         request.finished = True
         if request.cancelled:
             return
-        names = request.answer()
-        request.on_done(GenerationResult(names, self.model.version, exhausted=len(names) < request.params.n))
+        names, nlls = request.answer()
+        request.on_done(GenerationResult(names, nlls, self.model.version, exhausted=len(names) < request.params.n))
 
     def _fail_all(self, error: BaseException) -> None:
         for request in set(self._slots.values()) | set(self._open):

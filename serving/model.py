@@ -29,7 +29,8 @@ class LoadedModel:
     vocab: tuple[str, ...] = field(init=False)
     block_size: int = field(init=False)
     stoi: dict[str, int] = field(init=False)
-    codepoints: np.ndarray = field(init=False)  # uint32 [vocab]: decodes token arrays in one pass
+    codepoints: np.ndarray = field(init=False)  # [vocab]: decodes token arrays in one pass (see `encoding`)
+    encoding: str = field(init=False)  # latin-1 over uint8 code points when every character fits, else UTF-32
     distributions: DistributionTable | None = field(init=False, default=None)  # see use_table
     _users: threading.Condition = field(init=False, default_factory=threading.Condition)
     _in_use: int = field(init=False, default=0)  # scoring forwards running now
@@ -40,7 +41,9 @@ class LoadedModel:
             raise ArtifactError(f"{self.name}/{self.version}: vocabulary of {len(self.vocab)} exceeds {MAX_VOCAB}")
         self.block_size = int(self.manifest["block_size"])
         self.stoi = {ch: i for i, ch in enumerate(self.vocab)}
-        self.codepoints = np.array([ord(ch) for ch in self.vocab], dtype=np.uint32)
+        narrow = all(ord(ch) < 256 for ch in self.vocab)
+        self.codepoints = np.array([ord(ch) for ch in self.vocab], dtype=np.uint8 if narrow else np.uint32)
+        self.encoding = "latin-1" if narrow else "utf-32-le"
 
     @property
     def vocab_size(self) -> int:

@@ -96,9 +96,13 @@ class DistributionTable:
         self.contexts, self.vocab = contexts, vocab
         self.z = np.ascontiguousarray(whole.z.T)  # [C, V]
         self.log_total = np.log(whole.total)  # [C] float32
-        # Row c: context c as the model gives it; row C + c: the same with the end token masked.
+        # Row c: context c as the model gives it; row C + c: the same with the end token masked. One more
+        # column, +inf in the cdf, ends every search without a bounds check.
+        padded = np.concatenate([whole.cdf, _cumsum_over_vocab(no_end)], axis=1).T
+        self.padded_cdf = np.ascontiguousarray(np.concatenate([padded, np.full((2 * contexts, 1), np.inf, np.float32)],
+                                                              axis=1))  # C order: ravel() must be a view
+        self.cdf = self.padded_cdf[:, :vocab]  # [2C, V]
         self.weights = np.ascontiguousarray(np.concatenate([whole.weights, no_end], axis=1).T)  # [2C, V]
-        self.cdf = np.ascontiguousarray(np.concatenate([whole.cdf, _cumsum_over_vocab(no_end)], axis=1).T)
         self.total = self.cdf[:, -1].copy()
         # guide[r, g]: entries of row r's cdf at or below (g / G) * total, in the sampler's float32 arithmetic.
         # Rounding is monotone, so a draw u >= g / G counts at least that many: its search starts there.
@@ -113,7 +117,7 @@ class DistributionTable:
     def bytes_per_context(vocab: int) -> int:
         """Memory this table takes per context (what NAMEGEN_LOGITS_TABLE_MB must cover besides the logits)."""
         guide = 1 if vocab < 127 else 2
-        return 4 * vocab + 4 + 2 * (2 * 4 * vocab + 4 + guide * GUIDE_BUCKETS)
+        return 4 * vocab + 4 + 2 * (4 * (2 * vocab + 1) + 4 + guide * GUIDE_BUCKETS)
 
     def rows(self, index: np.ndarray) -> TableRows:
         return TableRows(self, index)
@@ -141,17 +145,15 @@ class DistributionTable:
         u32 = u.astype(np.float32)
         threshold = u32 * self.total[row]
         bucket = np.minimum((u32 * np.float32(GUIDE_BUCKETS)).astype(np.int64), GUIDE_BUCKETS - 1)
-        found = self.guide[row * GUIDE_BUCKETS + bucket].astype(np.int64)
-        base = row * vocab
-        searching = np.flatnonzero(found < vocab)
-        while searching.size:  # step past entries at or below the threshold; rarely more than one
-            at = found[searching]
-            past = self.cdf.ravel()[base[searching] + at] <= threshold[searching]
-            searching = searching[past]
-            found[searching] += 1
-            searching = searching[found[searching] < vocab]
-        index = np.minimum(found, vocab - 1)
-        unlucky = np.flatnonzero(self.weights.ravel()[base + index] == 0)  # see sample_step
+        start = row * (vocab + 1)  # row's first entry in the padded cdf
+        at = start + self.guide[row * GUIDE_BUCKETS + bucket]
+        cdf = self.padded_cdf.ravel()
+        stepping = np.flatnonzero(cdf[at] <= threshold)
+        while stepping.size:  # step past entries at or below the threshold; rarely more than one
+            at[stepping] += 1
+            stepping = stepping[cdf[at[stepping]] <= threshold[stepping]]
+        index = np.minimum(at - start, vocab - 1)
+        unlucky = np.flatnonzero(self.weights.ravel()[row * vocab + index] == 0)  # see sample_step
         if unlucky.size:
             index[unlucky] = np.count_nonzero(self.cdf[row[unlucky]] < self.total[row[unlucky], None], axis=1)
         return index

@@ -24,6 +24,10 @@ def make_engine(registry, name="mlp", max_batch_rows=4096, threads=2, backend="o
                   max_active_requests=max_active_requests)
 
 
+def named(result):
+    return list(zip(result.names, result.nlls, strict=True))
+
+
 SEEDED = [SamplingParams(n=60, seed=5), SamplingParams(n=30, seed=6, temperature=0.7, top_k=6),
           SamplingParams(n=20, seed=7, prefix="ja", unique=True, min_length=4, max_length=9),
           SamplingParams(n=25, seed=8, exclude_training=True, unique=True)]
@@ -54,14 +58,14 @@ def mixed_run(engine, seeded, noise_requests=40):
             prefix=rng.choice(["", "a", "mar"]), unique=rng.random() < 0.3)
         engine.submit(params, finish((kind, i)))
     assert done.wait(300)
-    return [results[("seeded", i)].names for i in range(len(seeded))]
+    return [named(results[("seeded", i)]) for i in range(len(seeded))]
 
 
 def test_seeded_requests_are_identical_alone_or_mixed_for_any_batch_rows_and_threads(served_registry):
     # The reference computes every forward; half the mixed runs look logits up in the precomputed table.
     reference_engine = make_engine(served_registry, max_batch_rows=4096, threads=1, table_mb=0)
     assert reference_engine.model.backend.table is None and reference_engine.model.distributions is None
-    alone = [reference_engine.generate(p).names for p in SEEDED]
+    alone = [named(reference_engine.generate(p)) for p in SEEDED]
     reference_engine.stop()
     mismatched = total = 0
     for rows, threads, table_mb in [(1, 1, 0), (7, 2, 32), (100, 2, 0), (4096, 2, 32)]:
@@ -88,8 +92,16 @@ def test_logits_table_matches_the_forward_and_respects_its_budget(served_registr
     too_small = 27**3 * 27 * 4 - 1
     assert not computed.backend.tabulate(computed.vocab_size, too_small) and computed.backend.table is None
     # The budget covers the logits and the sampler's view of them, as measured on the loaded arrays.
-    view = tabled.distributions
-    used = tabled.backend.table.nbytes + sum(a.nbytes for a in vars(view).values() if isinstance(a, np.ndarray))
+    def owners(arrays):  # the buffers the arrays live in, each once (some attributes are views)
+        roots = {}
+        for a in arrays:
+            while a.base is not None:
+                a = a.base
+            roots[id(a)] = a
+        return roots.values()
+
+    view = [a for a in vars(tabled.distributions).values() if isinstance(a, np.ndarray)]
+    used = sum(a.nbytes for a in owners([tabled.backend.table, *view]))
     just_short, enough = load((used - 1) / 2**20), load(used / 2**20)
     assert just_short.distributions is None and enough.distributions is not None
     for model in (computed, tabled, just_short, enough):
@@ -99,7 +111,7 @@ def test_logits_table_matches_the_forward_and_respects_its_budget(served_registr
 def test_one_request_at_a_time_holds_rows_of_one_request_and_gives_the_same_names(served_registry):
     # NAMEGEN_MAX_ACTIVE_REQUESTS=1, the HTTP benchmark's baseline: requests wait their turn whole.
     reference = make_engine(served_registry)
-    alone = [reference.generate(p).names for p in SEEDED]
+    alone = [named(reference.generate(p)) for p in SEEDED]
     reference.stop()
     engine = make_engine(served_registry, max_batch_rows=16, max_active_requests=1)
     holders = []
@@ -113,17 +125,17 @@ def test_first_k_names_of_2k_equal_the_k_names(served_registry):
     engine = make_engine(served_registry, max_batch_rows=64)
     for params in SEEDED:
         k = params.n
-        short = engine.generate(params).names
-        double = engine.generate(SamplingParams(**{**params.__dict__, "n": 2 * k})).names
+        short = named(engine.generate(params))
+        double = named(engine.generate(SamplingParams(**{**params.__dict__, "n": 2 * k})))
         assert double[:k] == short
     engine.stop()
 
 
 def test_prefix_is_kept_and_stable(served_registry):
     engine = make_engine(served_registry)
-    names = engine.generate(SamplingParams(n=50, seed=3, prefix="el")).names
+    names = named(engine.generate(SamplingParams(n=50, seed=3, prefix="el")))
     assert all(name.startswith("el") for name, _ in names)
-    assert engine.generate(SamplingParams(n=50, seed=3, prefix="el")).names == names
+    assert named(engine.generate(SamplingParams(n=50, seed=3, prefix="el"))) == names
     engine.stop()
 
 
@@ -138,8 +150,8 @@ def test_onnxruntime_and_torch_backends_agree(served_registry):
     params = [SamplingParams(n=1000, seed=s) for s in (1, 2, 3)]
     ort_engine = make_engine(served_registry, backend="onnxruntime")
     torch_engine = make_engine(served_registry, backend="torch")
-    ort_names = [name for p in params for name, _ in ort_engine.generate(p).names]
-    torch_names = [name for p in params for name, _ in torch_engine.generate(p).names]
+    ort_names = [name for p in params for name in ort_engine.generate(p).names]
+    torch_names = [name for p in params for name in torch_engine.generate(p).names]
     ort_engine.stop()
     torch_engine.stop()
     agreement = sum(a == b for a, b in zip(ort_names, torch_names)) / len(ort_names)
@@ -180,16 +192,16 @@ def test_bad_setting_fails_at_start_with_one_line():
 @pytest.mark.parametrize("name", ["bigram-counts"])
 def test_bigram_model_generates_through_the_same_engine(served_registry, name):
     engine = make_engine(served_registry, name=name)
-    names = engine.generate(SamplingParams(n=100, seed=4)).names
-    assert len(names) == 100 and all(nll > 0 for _, nll in names)
+    result = engine.generate(SamplingParams(n=100, seed=4))
+    assert len(result.names) == 100 and all(nll > 0 for nll in result.nlls)
     engine.stop()
 
 
 def test_tiny_temperatures_are_greedy_not_empty(served_registry):
     engine = make_engine(served_registry)
-    greedy = engine.generate(SamplingParams(n=3, seed=1, temperature=0)).names
+    greedy = named(engine.generate(SamplingParams(n=3, seed=1, temperature=0)))
     for temperature in (5e-324, 1e-300, 1e-40):
-        assert engine.generate(SamplingParams(n=3, seed=1, temperature=temperature)).names == greedy
+        assert named(engine.generate(SamplingParams(n=3, seed=1, temperature=temperature))) == greedy
     engine.stop()
 
 

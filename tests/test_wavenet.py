@@ -89,10 +89,11 @@ def test_exported_wavenet_serves_through_the_same_engine(tiny_wavenet, tmp_path)
     version = export_checkpoint(checkpoint, tmp_path / "registry", name="wavenet").manifest["version"]
     model = load_version(Settings(registry=tmp_path / "registry", threads=1), "wavenet", version)
     engine = Engine(model, 256, max_queue=4, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
-    names = engine.generate(SamplingParams(n=20, seed=3, prefix="ma"), timeout=60).names
+    result = engine.generate(SamplingParams(n=20, seed=3, prefix="ma"), timeout=60)
     engine.stop()
     model.close()
-    assert len(names) == 20 and all(name.startswith("ma") and nll > 0 for name, nll in names)
+    assert len(result.names) == 20 and all(name.startswith("ma") for name in result.names)
+    assert all(nll > 0 for nll in result.nlls)
 
 
 # -- ensembles: the best served model is the mean of several wavenets' distributions --------------------
