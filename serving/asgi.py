@@ -38,7 +38,7 @@ class LimitAndMeasure:
             if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
                 return await self._too_large(scope, receive, send_and_note)
             if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-                body = await self._read_limited(receive)  # chunked: no length to check up front
+                body = await _read_body(receive, self.max_body_bytes)  # chunked: no length to check up front
                 if body is None:
                     return await self._too_large(scope, receive, send_and_note)
                 receive = _replay(body)
@@ -49,19 +49,21 @@ class LimitAndMeasure:
             self.metrics.requests.labels(path, str(status)).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)
 
-    async def _read_limited(self, receive) -> bytes | None:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:
-                return None
-            if not message.get("more_body"):
-                return b"".join(chunks)
-
     async def _too_large(self, scope, receive, send) -> None:
         await JSONResponse({"detail": f"request body over {self.max_body_bytes} bytes"}, 413)(scope, receive, send)
+
+
+async def _read_body(receive, limit: float = float("inf")) -> bytes | None:
+    """The whole request body, or None once it is over `limit` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            return None
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
 def _replay(body: bytes):
@@ -85,7 +87,8 @@ class ShortPath:
     the handler's errors raised before any work starts (unknown model, not ready, prefix outside the
     vocabulary). HTTPExceptions raised later (429, 503, 504) are rendered as FastAPI renders them."""
 
-    def __init__(self, app, routes: dict, model: type[BaseModel], handler: Callable[[BaseModel], Awaitable[Response]]):
+    def __init__(self, app, routes: dict, model: type[BaseModel],
+                 handler: Callable[[BaseModel], Awaitable[Response]]):
         self.app, self.routes, self.model, self.handler = app, routes, model, handler
 
     async def __call__(self, scope, receive, send):
@@ -113,11 +116,3 @@ def _content_type(scope) -> bytes:
             return value.split(b";")[0].strip().lower()
     return b""
 
-
-async def _read_body(receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
