@@ -96,7 +96,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = manager
     app.state.settings = settings
 
-
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
         # FastAPI's own handler echoes each error's input and failed (a 500) on what Python's json parser lets in
@@ -162,7 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Plain dicts: a pydantic object per name costs more than the sampling for large n. The
         # shape is GenerateResponse's (the OpenAPI page documents it; tests check the contract).
         return FastJSONResponse({"model": served.model.name, "version": result.version, "seed": seed,
-                                 "names": [{"name": name, "nll": nll} for name, nll in zip(result.names, result.nlls)],
+                                 "names": [{"name": name, "nll": nll}
+                                           for name, nll in zip(result.names, result.nlls)],
                                  "exhausted": result.exhausted})
 
     # -- scoring ----------------------------------------------------------------------------

@@ -98,9 +98,9 @@ class DistributionTable:
         self.log_total = np.log(whole.total)  # [C] float32
         # Row c: context c as the model gives it; row C + c: the same with the end token masked. One more
         # column, +inf in the cdf, ends every search without a bounds check.
-        padded = np.concatenate([whole.cdf, _cumsum_over_vocab(no_end)], axis=1).T
-        self.padded_cdf = np.ascontiguousarray(np.concatenate([padded, np.full((2 * contexts, 1), np.inf, np.float32)],
-                                                              axis=1))  # C order: ravel() must be a view
+        both = np.concatenate([whole.cdf, _cumsum_over_vocab(no_end)], axis=1).T  # [2C, V]
+        sentinel = np.full((2 * contexts, 1), np.inf, dtype=np.float32)
+        self.padded_cdf = np.ascontiguousarray(np.concatenate([both, sentinel], axis=1))  # C order: ravel() is a view
         self.cdf = self.padded_cdf[:, :vocab]  # [2C, V]
         self.weights = np.ascontiguousarray(np.concatenate([whole.weights, no_end], axis=1).T)  # [2C, V]
         self.total = self.cdf[:, -1].copy()
