@@ -67,9 +67,9 @@ class GenerationRequest:
     frontier: int = 0  # samples below it are settled: finished, and (unique) checked in index order
     accepted: int = 0  # accepted samples below the frontier
     rejected: int = 0
-    status: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))  # per sample index
-    names: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
-    nlls: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    status: np.ndarray = field(init=False)  # per sample index: PENDING, ACCEPTED or REJECTED
+    names: np.ndarray = field(init=False)  # per sample index, once finished
+    nlls: np.ndarray = field(init=False)
     seen: set[str] = field(default_factory=set)  # unique: names accepted so far
     seed_key: int = field(init=False)  # mixes into every sample's stream key (sampler.sample_keys)
     finished: bool = False
@@ -80,6 +80,9 @@ class GenerationRequest:
 
     def __post_init__(self):
         self.seed_key = seed_key(self.params.seed)
+        size = min(self.params.n, self.max_attempts)  # room for n samples; rejections grow it in launch()
+        self.status, self.names, self.nlls = (np.zeros(size, dtype=np.int8), np.zeros(size, dtype=object),
+                                              np.zeros(size, dtype=np.float64))
 
     def rows_wanted(self) -> int:
         if self.finished or self.cancelled:
@@ -90,7 +93,7 @@ class GenerationRequest:
     def launch(self, count: int) -> int:
         """Take the next `count` sample indices, with room to record them; returns the first."""
         if self.launched + count > len(self.status):
-            size = min(max(2 * len(self.status), self.launched + count, 16), self.max_attempts)
+            size = min(max(2 * len(self.status), self.launched + count), self.max_attempts)
             for column in ("status", "names", "nlls"):
                 grown = np.zeros(size, dtype=getattr(self, column).dtype)
                 grown[: self.launched] = getattr(self, column)[: self.launched]
