@@ -15,44 +15,23 @@ from pathlib import Path
 
 import httpx
 
+from namegen.argparsing import OneLineParser, UsageError, number
+
 from .errors import BadRequestError, NameGenError
 from .loadgen import run_load
 from .render import print_table
 from .sdk import DEFAULT_TIMEOUT, DEFAULT_URL, NameGenClient, resolve_base_url
 
 
-class UsageError(Exception):
-    pass
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage plus a message; we promise one line."""
-
-    def error(self, message):
-        raise UsageError(message)
-
-
-def _bounded(kind, low, *, strict: bool = True):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if value < low or (strict and value == low) or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
-        return value
-    return parse
-
-
 def _positive_ints(text):
-    return [_bounded(int, 0)(part) for part in text.split(",")]
+    return [number(int, above=0)(part) for part in text.split(",")]
 
 
 def _fraction(text):
-    value = _bounded(float, 0, strict=False)(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, got {text}")
-    return value
+    try:
+        return number(float, at_least=0, at_most=1)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, got {text}") from None
 
 
 def _add_connection_options(parser: argparse.ArgumentParser, **defaults) -> None:
@@ -60,7 +39,7 @@ def _add_connection_options(parser: argparse.ArgumentParser, **defaults) -> None
     they do not reset a value given before the command (separate actions: `parents=` would share them)."""
     parser.add_argument("--url", default=defaults.get("url", argparse.SUPPRESS),
                         help=f"server base URL (default: $NAMEGEN_URL, else {DEFAULT_URL})")
-    parser.add_argument("--timeout", type=_bounded(float, 0), default=defaults.get("timeout", argparse.SUPPRESS),
+    parser.add_argument("--timeout", type=number(float, above=0), default=defaults.get("timeout", argparse.SUPPRESS),
                         help=f"seconds to wait for an answer (default {DEFAULT_TIMEOUT.read:g})")
 
 
@@ -108,15 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="load the server and report throughput and latency")
     _add_connection_options(b)
-    b.add_argument("-c", "--concurrency", type=_bounded(int, 0), default=8, help="requests in flight (default 8)")
-    b.add_argument("--requests", type=_bounded(int, 0), help="stop after this many requests")
-    b.add_argument("--duration", type=_bounded(float, 0),
+    b.add_argument("-c", "--concurrency", type=number(int, above=0), default=8, help="requests in flight (default 8)")
+    b.add_argument("--requests", type=number(int, above=0), help="stop after this many requests")
+    b.add_argument("--duration", type=number(float, above=0),
                    help="stop after this many seconds (default 10 when --requests is not given either)")
     b.add_argument("-n", type=_positive_ints, default=[1], help="names per request; a list like 1,10,100 mixes")
     b.add_argument("--seeded", type=_fraction, nargs="?", const=1.0, default=0.0,
                    help="share of requests that carry a seed (alone: all of them)")
     b.add_argument("--model", action="append", help="model to ask for; repeat to mix (default: the server's)")
-    b.add_argument("--warmup", type=_bounded(int, 0, strict=False), default=0,
+    b.add_argument("--warmup", type=number(int, at_least=0), default=0,
                    help="requests sent first and not measured")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.add_argument("--json-out", type=Path, help="also write the report as JSON to this file")

@@ -13,31 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from namegen.argparsing import OneLineParser, UsageError, number
+
 from . import registry
 from .errors import ExportError
 
 SUBCOMMANDS = ("list", "rollback")
-
-
-class UsageError(ExportError):
-    pass
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage plus a message; we promise one line."""
-
-    def error(self, message):
-        raise UsageError(message)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a valid int") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -48,7 +29,7 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name in the registry (default: the checkpoint's model type)")
     p.add_argument("--calibrate", action="store_true",
                    help="recompute BatchNorm statistics over the whole training split first")
-    p.add_argument("--keep", type=_positive_int, help="then delete all but the K newest versions (never LATEST)")
+    p.add_argument("--keep", type=number(int, above=0), help="then delete all but the K newest versions (never LATEST)")
     return p
 
 
@@ -130,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             COMMANDS[args.command](args)
         else:
             cmd_export(export_parser().parse_args(argv))
-    except ExportError as e:
+    except (ExportError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

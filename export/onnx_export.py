@@ -1,7 +1,7 @@
 """Write the folded model twice: model.pt2 (torch.export) and model.onnx (the serving contract).
 
-The ONNX contract: input `context` int64 [batch, block_size], output `logits` float32
-[batch, vocab_size], batch dynamic, one self-contained file, string metadata_props.
+The ONNX interface is the contract's (namegen.contract): input `context` int64 [batch, block_size], output
+`logits` float32 [batch, vocab_size], batch dynamic, one self-contained file, string metadata_props.
 Both files come from the same torch.export program, so they hold the same graph and weights.
 """
 from __future__ import annotations
@@ -16,11 +16,10 @@ import torch.nn as nn
 from onnx.external_data_helper import uses_external_data
 from torch.export import Dim, ExportedProgram
 
+from namegen.contract import BATCH_AXIS, ONNX_INPUT, ONNX_OUTPUT
+
 from .errors import ExportError
 
-INPUT_NAME = "context"
-OUTPUT_NAME = "logits"
-BATCH_AXIS = "batch"
 EXAMPLE_ROWS = 2  # any size > 1: torch.export specialises dimensions of size 0 and 1
 
 
@@ -28,7 +27,7 @@ def export_program(folded: nn.Module, block_size: int) -> ExportedProgram:
     """torch.export of the eval-mode folded model with a dynamic batch (>= 1) axis."""
     example = torch.zeros(EXAMPLE_ROWS, block_size, dtype=torch.long)
     program = torch.export.export(folded.eval(), (example,),
-                                  dynamic_shapes={"context": {0: Dim(BATCH_AXIS, min=1)}})
+                                  dynamic_shapes={ONNX_INPUT: {0: Dim(BATCH_AXIS, min=1)}})
     ops = [str(node.target) for node in program.graph.nodes if "batch_norm" in str(node.target)]
     if ops:
         raise ExportError(f"the exported program still holds batch norm ops ({', '.join(ops)})")
@@ -44,7 +43,7 @@ def write_onnx(program: ExportedProgram, path: Path, metadata: dict[str, str]) -
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" is noise here
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        onnx_program = torch.onnx.export(program, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        onnx_program = torch.onnx.export(program, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
                                          dynamo=True, external_data=False, verbose=False)
     onnx_program.rename_axes({onnx_program.model.graph.inputs[0].shape[0]: BATCH_AXIS})
     model = onnx_program.model_proto

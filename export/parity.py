@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ExportError
-from .onnx_export import INPUT_NAME, OUTPUT_NAME
+from namegen.contract import ONNX_INPUT, ONNX_OUTPUT
 
 MAX_ABS_LOGIT_DIFF = 1e-4
 MAX_NLL_DIFF = 1e-5
@@ -50,7 +50,7 @@ def mean_nll(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 def onnx_logits(onnx_path: Path, contexts: torch.Tensor) -> torch.Tensor:
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    run = lambda x: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])  # noqa: E731
+    run = lambda x: torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0])  # noqa: E731
     return _in_chunks(run, contexts)
 
 

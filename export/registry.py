@@ -1,10 +1,6 @@
-"""The model registry, like Triton's model repository: the folder layout is the whole contract.
-
-    DIR/<name>/<version>/{model.onnx, model.pt2, manifest.json, training_names.txt}
-    DIR/<name>/LATEST        the version serving should use, then a newline
-
-Versions are UTC timestamps (YYYYMMDDTHHMMSSffffffZ), so string order is creation order.
-A published version folder is never modified; only LATEST moves.
+"""Writing the model repository that `namegen.contract` lays down: staging, atomic publishing, pruning,
+rollback and listing. The layout, LATEST and the manifest's format are the contract's; this module owns
+how export changes a registry safely.
 
 Atomicity: a version is written into a temporary folder in DIR, fsynced, and renamed into place
 whole; LATEST is replaced with os.replace of a fsynced temp file. Both renames are atomic on POSIX,
@@ -18,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import shutil
 import tempfile
@@ -27,17 +22,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from .errors import ExportError
+from namegen import contract
+from namegen.contract import MANIFEST_FILE, VERSION_FILES, VERSION_FORMAT, fsync_dir, versions
 
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
-VERSION_PATTERN = re.compile(r"\d{8}T\d{12}Z")
-VERSION_FORMAT = "%Y%m%dT%H%M%S%fZ"
-LATEST_FILE = "LATEST"
-MANIFEST_FILE = "manifest.json"
-ONNX_FILE = "model.onnx"
-PT2_FILE = "model.pt2"
-TRAINING_NAMES_FILE = "training_names.txt"
-VERSION_FILES = (ONNX_FILE, PT2_FILE, MANIFEST_FILE, TRAINING_NAMES_FILE)
+from .errors import ExportError
 
 
 class RegistryError(ExportError):
@@ -45,14 +33,14 @@ class RegistryError(ExportError):
 
 
 def check_name(name: str) -> str:
-    if not NAME_PATTERN.fullmatch(name):
+    if not contract.is_model_name(name):
         raise RegistryError(f"model name {name!r}: use lowercase letters, digits and . _ - "
                             "(starting with a letter or digit)")
     return name
 
 
 def check_version(version: str) -> str:
-    if not VERSION_PATTERN.fullmatch(version):
+    if not contract.is_version(version):
         raise RegistryError(f"version {version!r}: not a version (expected like 20261122T004501123456Z)")
     return version
 
@@ -77,24 +65,16 @@ def registry_root(path: str | Path, create: bool = False) -> Path:
     return path
 
 
-def versions(root: Path, name: str) -> list[str]:
-    """Every published version of `name`, oldest first."""
-    name_dir = root / name
-    if not name_dir.is_dir():
-        return []
-    return sorted(p.name for p in name_dir.iterdir() if p.is_dir() and VERSION_PATTERN.fullmatch(p.name))
-
-
 def is_complete(root: Path, name: str, version: str) -> bool:
     return all((root / name / version / f).is_file() for f in VERSION_FILES)
 
 
 def read_latest(root: Path, name: str) -> str | None:
+    """The version LATEST names, or None when it is missing or does not name one (list and rollback say so)."""
     try:
-        text = (root / name / LATEST_FILE).read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return contract.read_latest(root, name)
+    except contract.ContractError:
         return None
-    return text if VERSION_PATTERN.fullmatch(text) else None
 
 
 def read_manifest(root: Path, name: str, version: str) -> dict | None:
@@ -104,22 +84,14 @@ def read_manifest(root: Path, name: str, version: str) -> dict | None:
         return None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(folder: Path) -> None:
     for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
         elif path.is_dir():
-            _fsync_dir(path)
-    _fsync_dir(folder)
+            fsync_dir(path)
+    fsync_dir(folder)
 
 
 @dataclass
@@ -157,23 +129,6 @@ def discard(staging: Staging) -> None:
     shutil.rmtree(staging.path, ignore_errors=True)
 
 
-def set_latest(root: Path, name: str, version: str) -> None:
-    """Point LATEST at `version`: temp file, fsync, os.replace, fsync the folder."""
-    name_dir = root / name
-    fd, tmp = tempfile.mkstemp(dir=name_dir, prefix=f".{LATEST_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(version + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a server running as another user must read it
-        os.replace(tmp, name_dir / LATEST_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(name_dir)
-
-
 def publish(staging: Staging, keep: int | None = None,
             _fault: Callable[[str], None] | None = None) -> Path:
     """Move the staged version into place, point LATEST at it, prune to `keep` versions.
@@ -200,10 +155,10 @@ def publish(staging: Staging, keep: int | None = None,
     except BaseException:
         discard(staging)
         raise
-    _fsync_dir(target.parent)
-    _fsync_dir(staging.root)
+    fsync_dir(target.parent)
+    fsync_dir(staging.root)
     fault("renamed")
-    set_latest(staging.root, staging.name, staging.version)
+    contract.write_latest(staging.root, staging.name, staging.version)
     if keep is not None:
         prune(staging.root, staging.name, keep)
     return target
@@ -221,7 +176,7 @@ def prune(root: Path, name: str, keep: int) -> list[str]:
         os.rename(root / name / version, trash)
         shutil.rmtree(trash)
     if doomed:
-        _fsync_dir(root / name)
+        fsync_dir(root / name)
     return doomed
 
 
@@ -247,7 +202,7 @@ def rollback(root: Path, name: str, to: str | None = None) -> tuple[str | None, 
         target = older[-1]
     if not is_complete(root, name, target):
         raise RegistryError(f"{name}/{target}: incomplete (needs {', '.join(VERSION_FILES)}); not rolling back to it")
-    set_latest(root, name, target)
+    contract.write_latest(root, name, target)
     return current, target
 
 
@@ -261,7 +216,7 @@ class VersionEntry:
 def list_models(root: Path) -> dict[str, list[VersionEntry]]:
     """{name: versions oldest first} for every model folder in the registry."""
     models = {}
-    for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and NAME_PATTERN.fullmatch(p.name)):
+    for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and contract.is_model_name(p.name)):
         latest = read_latest(root, name_dir.name)
         models[name_dir.name] = [VersionEntry(v, read_manifest(root, name_dir.name, v), v == latest)
                                  for v in versions(root, name_dir.name)]

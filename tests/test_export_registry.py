@@ -13,6 +13,7 @@ import pytest
 
 from conftest import ROOT, run_module
 from export import registry
+from namegen import contract
 from export.registry import RegistryError
 
 
@@ -22,11 +23,11 @@ class Boom(Exception):
 
 def _stage(root, name="mlp", val_nll=2.0):
     staging = registry.stage(root, name)
-    for f in (registry.ONNX_FILE, registry.PT2_FILE, registry.TRAINING_NAMES_FILE):
+    for f in (contract.ONNX_FILE, contract.PT2_FILE, contract.TRAINING_NAMES_FILE):
         (staging.path / f).write_text(f"{f} of {staging.version}\n")
     manifest = {"version": staging.version, "model_type": "mlp", "calibrated": False,
                 "metrics": {"train_nll": val_nll - 0.1, "val_nll": val_nll, "test_nll": val_nll + 0.01}}
-    (staging.path / registry.MANIFEST_FILE).write_text(json.dumps(manifest))
+    (staging.path / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
     return staging
 
 
@@ -45,7 +46,7 @@ def test_versions_sort_in_creation_order_and_latest_names_the_newest(tmp_path):
     published = [_publish(tmp_path) for _ in range(3)]
     assert registry.versions(tmp_path, "mlp") == published == sorted(published)
     assert len(set(published)) == 3
-    assert all(registry.VERSION_PATTERN.fullmatch(v) for v in published)
+    assert all(contract.VERSION_PATTERN.fullmatch(v) for v in published)
     _assert_sound(tmp_path, "mlp", published[-1])
     assert oct((tmp_path / "mlp" / published[-1]).stat().st_mode & 0o777) == "0o755"  # readable by a server
 
@@ -73,9 +74,10 @@ _KILLED_PUBLISHER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from export import registry
+    from namegen import contract
     root, step = Path(sys.argv[1]), sys.argv[2]
     staging = registry.stage(root, "mlp")
-    for f in registry.VERSION_FILES:
+    for f in contract.VERSION_FILES:
         (staging.path / f).write_text("x" * 100000)
     def stall(at):
         if at == step:
@@ -102,7 +104,7 @@ def test_kill_9_during_publish_never_breaks_latest(tmp_path, step):
 
 def test_an_incomplete_staging_folder_is_refused_and_removed(tmp_path):
     staging = _stage(tmp_path)
-    (staging.path / registry.PT2_FILE).unlink()
+    (staging.path / contract.PT2_FILE).unlink()
     with pytest.raises(RegistryError, match="missing model.pt2"):
         registry.publish(staging)
     assert list(tmp_path.iterdir()) == []  # no staging folder, and no empty model folder either

@@ -7,49 +7,12 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
+from namegen.argparsing import OneLineParser, UsageError, number
+
 from .checkpoint import META_FILE, CheckpointError, load_checkpoint, read_meta
 from .data import DEFAULT_YEAR, DataError, Dataset, load_words, words_sha256
 from .models import MODEL_DEFAULTS, MODEL_TYPES, ModelConfig, build_model
 from .train import TRAIN_DEFAULTS, Interrupted, TrainConfig, train
-
-
-class UsageError(Exception):
-    pass
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage plus a message; we promise one line."""
-
-    def error(self, message):
-        raise UsageError(message)
-
-
-def _at_least(kind, lowest, inclusive: bool):
-    """An argparse type: `kind` above `lowest` (or equal when inclusive), else a one-line error."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if value < lowest or (value == lowest and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {lowest}, got {text}")
-        return value
-    return parse
-
-
-def _positive(kind):
-    return _at_least(kind, 0, inclusive=False)
-
-
-def _non_negative(kind):
-    return _at_least(kind, 0, inclusive=True)
-
-
-def _fraction(text):
-    value = _non_negative(float)(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be < 1, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,19 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
-    t.add_argument("--steps", type=_positive(int))
-    t.add_argument("--batch-size", type=_non_negative(int), help="0: full batch")
-    t.add_argument("--lr", type=_positive(float))
-    t.add_argument("--weight-decay", type=_non_negative(float))
-    t.add_argument("--l2", type=_non_negative(float), help="bigram-neural: l2 * mean(W**2) added to the loss")
+    t.add_argument("--steps", type=number(int, above=0))
+    t.add_argument("--batch-size", type=number(int, at_least=0), help="0: full batch")
+    t.add_argument("--lr", type=number(float, above=0))
+    t.add_argument("--weight-decay", type=number(float, at_least=0))
+    t.add_argument("--l2", type=number(float, at_least=0), help="bigram-neural: l2 * mean(W**2) added to the loss")
     t.add_argument("--seed", type=int)
-    t.add_argument("--eval-every", type=_positive(int))
-    t.add_argument("--block-size", type=_positive(int))
-    t.add_argument("--n-embd", type=_positive(int))
-    t.add_argument("--n-hidden", type=_positive(int))
-    t.add_argument("--n-layers", type=_positive(int))
-    t.add_argument("--dropout", type=_fraction, help="mlp, wavenet: dropout after each tanh while training")
-    t.add_argument("--smoothing", type=_non_negative(float), help="bigram-counts: add-k")
+    t.add_argument("--eval-every", type=number(int, above=0))
+    t.add_argument("--block-size", type=number(int, above=0))
+    t.add_argument("--n-embd", type=number(int, above=0))
+    t.add_argument("--n-hidden", type=number(int, above=0))
+    t.add_argument("--n-layers", type=number(int, above=0))
+    t.add_argument("--dropout", type=number(float, at_least=0, below=1), help="mlp, wavenet: dropout after each tanh while training")
+    t.add_argument("--smoothing", type=number(float, at_least=0), help="bigram-counts: add-k")
     t.add_argument("--no-plots", action="store_true")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -90,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="print sampled names")
     s.add_argument("checkpoint", type=Path)
-    s.add_argument("-n", type=_positive(int), default=20)
+    s.add_argument("-n", type=number(int, above=0), default=20)
     s.add_argument("--seed", type=int)
 
     g = sub.add_parser("plot", help="write the checkpoint's PNG figures")

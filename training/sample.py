@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .data import Vocab
+from namegen.contract import MAX_NAME_LENGTH
 
-MAX_NAME_LENGTH = 64
+from .data import Vocab
 
 
 @torch.no_grad()

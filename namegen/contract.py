@@ -1,0 +1,213 @@
+"""The artifact contract between export, which writes a model repository, and serving, which reads it.
+
+Like Triton's model repository, a folder convention is the whole contract, and this module is its one
+written form (export and serving both import it; it imports nothing of theirs):
+
+    <registry>/<name>/LATEST                      the version to serve, then a newline
+    <registry>/<name>/<version>/model.onnx        input `context` int64 [batch, block_size],
+                                                  output `logits` float32 [batch, vocab], batch dynamic
+                               /model.pt2         the same program for torch.export (NAMEGEN_BACKEND=torch)
+                               /training_names.txt  the distinct training names, one per line
+                               /manifest.json     what the version is: see `Manifest`
+
+Names match NAME_PATTERN (never a leading dot: `.staging-*` and `.trash-*` folders are export's own).
+Versions are UTC timestamps (VERSION_FORMAT), so string order is creation order. A published version
+folder is never modified; only LATEST moves, by an atomic replace (`write_latest`).
+
+A registry is input: every reader here refuses what does not follow the contract with ContractError,
+naming the file and the reason, and never follows a LATEST outside its own model's folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
+VERSION_PATTERN = re.compile(r"\d{8}T\d{12}Z")
+VERSION_FORMAT = "%Y%m%dT%H%M%S%fZ"
+
+LATEST_FILE = "LATEST"
+MANIFEST_FILE = "manifest.json"
+ONNX_FILE = "model.onnx"
+PT2_FILE = "model.pt2"
+TRAINING_NAMES_FILE = "training_names.txt"
+VERSION_FILES = (ONNX_FILE, PT2_FILE, MANIFEST_FILE, TRAINING_NAMES_FILE)
+
+MANIFEST_FORMAT = "namegen.model"
+MANIFEST_FORMAT_VERSION = 1
+
+# The ONNX graph's interface and the metadata_props export writes into it.
+ONNX_INPUT = "context"
+ONNX_OUTPUT = "logits"
+BATCH_AXIS = "batch"
+ONNX_METADATA_KEYS = ("name", "vocab", "block_size", "model_type", "version", "data_sha256", "val_nll", "test_nll")
+
+# Limits every part agrees on.
+MAX_NAME_LENGTH = 64  # characters, prefix included: what sampling may produce and scoring accepts
+MAX_VOCAB = 32767  # serving keeps tokens as int16
+MAX_BLOCK_SIZE = 1024  # context characters
+MAX_LATEST_BYTES = 256  # a version name and a newline, with room to spare
+
+
+class ContractError(ValueError):
+    """A registry entry that does not follow the contract; the message names the file and the reason."""
+
+
+def is_model_name(name: str) -> bool:
+    return NAME_PATTERN.fullmatch(name) is not None
+
+
+def is_version(version: str) -> bool:
+    return VERSION_PATTERN.fullmatch(version) is not None
+
+
+def model_names(root: Path) -> list[str]:
+    """Every model with a LATEST file, sorted."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if is_model_name(p.name) and (p / LATEST_FILE).is_file())
+
+
+def versions(root: Path, name: str) -> list[str]:
+    """Every published version folder of `name`, oldest first."""
+    name_dir = root / name
+    if not name_dir.is_dir():
+        return []
+    return sorted(p.name for p in name_dir.iterdir() if p.is_dir() and is_version(p.name))
+
+
+def read_latest(root: Path, name: str) -> str | None:
+    """The version LATEST names: None when `name` has no LATEST; ContractError when it is not a version
+    name of this registry's pattern (bytes that are not text, a path, empty, truncated, too long)."""
+    path = root / name / LATEST_FILE
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_LATEST_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise ContractError(f"{path}: cannot read it ({e.strerror})") from None
+    if len(raw) > MAX_LATEST_BYTES:
+        raise ContractError(f"{path}: over {MAX_LATEST_BYTES} bytes, not a version name")
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ContractError(f"{path}: not ASCII text, not a version name") from None
+    if not is_version(text):
+        raise ContractError(f"{path}: {text!r} is not a version (expected like 20261122T004501123456Z)")
+    return text
+
+
+def write_latest(root: Path, name: str, version: str) -> None:
+    """Point LATEST at `version` atomically: a fsynced temporary file, os.replace, fsync of the folder."""
+    if not is_version(version):
+        raise ContractError(f"{version!r} is not a version")
+    name_dir = root / name
+    fd, tmp = tempfile.mkstemp(dir=name_dir, prefix=f".{LATEST_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(version + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a server running as another user must read it
+        os.replace(tmp, name_dir / LATEST_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(name_dir)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The keys of manifest.json that serving relies on, type-checked; `raw` holds the whole document
+    (export writes more for people: parity figures, versions of the tools, the checkpoint's path)."""
+
+    model_type: str
+    vocab: tuple[str, ...]  # vocab[0] is the boundary token: start context and end of name
+    block_size: int  # context characters the model reads
+    version: str
+    files: dict[str, str]  # file name -> sha256 of every file in the folder but the manifest
+    training_names: str | None  # the file of training names, if any
+    metrics: dict[str, float] = field(default_factory=dict)  # train_nll, val_nll, test_nll, ...
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+def validate_manifest(data, where: str) -> Manifest:
+    """Manifest from a decoded manifest.json, or ContractError naming the key and what is wrong with it."""
+    def fail(reason: str):
+        raise ContractError(f"{where}: {reason}")
+
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        fail("not a namegen model manifest (format must be 'namegen.model')")
+    for key in ("vocab", "block_size", "model_type", "version"):
+        if key not in data:
+            fail(f"missing {key!r}")
+    vocab = data["vocab"]
+    if not isinstance(vocab, list) or not 2 <= len(vocab) <= MAX_VOCAB or \
+            not all(isinstance(ch, str) and len(ch) == 1 for ch in vocab) or len(set(vocab)) != len(vocab):
+        fail(f"'vocab' must be a list of 2 to {MAX_VOCAB} distinct single characters")
+    block_size = data["block_size"]
+    if type(block_size) is not int or not 1 <= block_size <= MAX_BLOCK_SIZE:
+        fail(f"'block_size' must be an integer from 1 to {MAX_BLOCK_SIZE}, not {block_size!r:.40}")
+    if not isinstance(data["model_type"], str) or not isinstance(data["version"], str):
+        fail("'model_type' and 'version' must be strings")
+    files = data.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        fail("'files' must map file names to sha256 hex digests")
+    names_file = data.get("training_names")
+    if names_file is not None and (not isinstance(names_file, str) or names_file not in files):
+        fail("'training_names' must name a file listed in 'files'")
+    metrics = data.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                for v in metrics.values()):
+        fail("'metrics' must map names to numbers")
+    return Manifest(data["model_type"], tuple(vocab), block_size, data["version"], dict(files), names_file,
+                    {k: float(v) for k, v in metrics.items()}, data)
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    path = version_dir / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ContractError(f"{version_dir}: no {MANIFEST_FILE}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ContractError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise ContractError(f"{path}: cannot read it ({e.strerror})") from None
+    return validate_manifest(data, str(path))
+
+
+def verify_files(version_dir: Path, manifest: Manifest, names: list[str]) -> None:
+    """Each named file is listed in the manifest, is a file inside the version folder (a symlink out of it
+    is refused), and matches its sha256."""
+    inside = version_dir.resolve()
+    for name in names:
+        path = version_dir / name
+        if name not in manifest.files:
+            raise ContractError(f"{version_dir / MANIFEST_FILE}: {name} is not listed in 'files'")
+        if not path.is_file() or path.resolve().parent != inside:
+            raise ContractError(f"{path}: missing, or not a file inside its version folder")
+        if sha256_file(path) != manifest.files[name]:
+            raise ContractError(f"{path}: sha256 differs from the manifest (corrupt or tampered)")
