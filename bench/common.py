@@ -41,13 +41,13 @@ def served_registry(checkpoints: dict[str, Path]) -> Path:
     """runs/bench-registry with each checkpoint exported under its name (re-exported when retrained)."""
     sys.path.insert(0, str(ROOT))
     from export.pipeline import export_checkpoint
-    from serving.registry import latest_version, read_manifest
+    from namegen.contract import read_latest, read_manifest
 
     registry = RUNS / "bench-registry"
     for name, checkpoint in checkpoints.items():
-        version = latest_version(registry, name)
+        version = read_latest(registry, name)
         if version:
-            manifest = read_manifest(registry / name / version)
+            manifest = read_manifest(registry / name / version).raw
             if manifest.get("checkpoint") == str(checkpoint.resolve()) and \
                     manifest["metrics"] == json.loads((checkpoint / "checkpoint.json").read_text())["metrics"]:
                 continue

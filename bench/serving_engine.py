@@ -25,8 +25,7 @@ import torch  # noqa: E402
 
 from serving.engine import Engine, SamplingParams  # noqa: E402
 from serving.model import load_version  # noqa: E402
-from serving.registry import latest_version  # noqa: E402
-from serving.schemas import MAX_NAME_LENGTH  # noqa: E402
+from namegen.contract import MAX_NAME_LENGTH, read_latest  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 
@@ -77,8 +76,8 @@ def main() -> None:
     engines = {}  # (rows, tabled) -> Engine; the last one computes every forward, if the others look up
     for rows, table_mb in [(rows, Settings().logits_table_mb) for rows in BATCH_ROWS] + [(4096, 0.0)]:
         settings = Settings(registry=registry, threads=args.threads, max_batch_rows=rows, logits_table_mb=table_mb)
-        loaded = load_version(settings, args.model, latest_version(registry, args.model))
-        tabled = loaded.distributions is not None
+        loaded = load_version(settings, args.model, read_latest(registry, args.model))
+        tabled = loaded.runner.table is not None
         if (rows, tabled) in engines:  # no table to turn off: nothing to compare
             loaded.close()
             continue

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -130,6 +129,9 @@ def cmd_generate(args) -> int:
         result = client.generate(args.n, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
                                  prefix=args.prefix, min_length=args.min_length, max_length=args.max_length,
                                  unique=args.unique, exclude_training=args.novel, model=args.model)
+    if result.exhausted:  # on stderr even with --json: a script reading stdout still sees the names it got
+        print(f"note: only {len(result.names)} names passed the filters within the server's attempt budget; "
+              "loosen --unique, --novel or the length bounds to get more", file=sys.stderr)
     if args.json:
         _print_json(result.raw)
         return 0
@@ -158,11 +160,18 @@ def cmd_score(args) -> int:
     return 0
 
 
-def cmd_models(args) -> int:
+def _fetched(args, call: str):
+    """The SDK's `call` (models, health); with --json its response is printed as it came."""
     with _client(args) as client:
-        listing = client.models()
+        result = getattr(client, call)()
     if args.json:
-        _print_json(listing.raw)
+        _print_json(result.raw)
+    return result
+
+
+def cmd_models(args) -> int:
+    listing = _fetched(args, "models")
+    if args.json:
         return 0
 
     def nll(m, key):
@@ -178,11 +187,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_health(args) -> int:
-    with _client(args) as client:
-        health = client.health()
-    if args.json:
-        _print_json(health.raw)
-    else:
+    health = _fetched(args, "health")
+    if not args.json:
         print(health.status)
         for name, version in health.models.items():
             print(f"  {name} {version}")

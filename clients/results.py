@@ -21,13 +21,14 @@ class Generation:
     version: str
     seed: int  # the seed actually used: send it back to get the same names again
     names: list[GeneratedName]
+    exhausted: bool = False  # fewer names than asked: the filters rejected too many samples
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict) -> Generation:
         return cls(model=data["model"], version=data["version"], seed=data["seed"],
                    names=[GeneratedName(name=item["name"], nll=item["nll"]) for item in data["names"]],
-                   raw=data)
+                   exhausted=bool(data.get("exhausted", False)), raw=data)
 
 
 @dataclass

@@ -7,9 +7,8 @@ gives the same names whatever else the server is doing. Two shapes keep small ba
 chunks of `chunk_rows` and small ones of SMALL_CHUNK_ROWS for the remainder, used only after a check
 at load time that a row's logits are bit-identical in either shape at any position.
 
-A model with a short context over a small vocabulary has few possible contexts (the mlp: 27**3 =
-19,683): their logits are computed once at load, in those same chunks, and every forward becomes a
-table lookup, checked bit for bit against the chunked forward before it is used.
+Whether a model's forwards run here at all, or are looked up in a table computed with them at load,
+is the runner's decision (runner.py).
 """
 from __future__ import annotations
 
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
+
+from namegen.contract import ONNX_FILE, ONNX_INPUT, ONNX_OUTPUT, PT2_FILE
 
 T = TypeVar("T")
 SMALL_CHUNK_ROWS = 64
@@ -38,8 +39,6 @@ class ChunkedBackend:
         self.block_size = block_size
         self.chunk_rows = chunk_rows
         self.small_chunk_rows = 0  # set by check_shape_invariance when it is safe
-        self.table: np.ndarray | None = None  # logits of every context, set by tabulate
-        self._powers = np.zeros(block_size, dtype=np.int64)  # context -> table row: digits in base vocab
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{self.name}-forward")
 
     def _run_chunk(self, context: np.ndarray) -> np.ndarray:  # [chunk rows, T] -> [chunk rows, V]
@@ -73,9 +72,6 @@ class ChunkedBackend:
     def forward_map(self, context: np.ndarray, then: Callable[[slice, np.ndarray], T]) -> list[T]:
         """For each chunk, in order: then(rows of the chunk, its logits [rows, V]), run on the chunk's worker
         thread, so row-wise work after the forward (sampling) is parallel too."""
-        if self.table is not None:
-            index = self.table_index(context)
-            return self.map_chunks(len(context), lambda rows, size: then(rows, self.table[index[rows]]))
         return self.map_chunks(len(context), lambda rows, size: then(rows, self._run_padded(context[rows], size)))
 
     def check_shape_invariance(self, vocab_size: int, seed: int = 0) -> bool:
@@ -92,29 +88,6 @@ class ChunkedBackend:
                         self.name, self.chunk_rows)
         self.small_chunk_rows = SMALL_CHUNK_ROWS if same and SMALL_CHUNK_ROWS < self.chunk_rows else 0
         return same
-
-    def table_index(self, context: np.ndarray) -> np.ndarray:
-        index = context[:, 0] * self._powers[0]
-        for j in range(1, self.block_size):
-            index += context[:, j] * self._powers[j]
-        return index
-
-    def tabulate(self, vocab_size: int, max_bytes: int, seed: int = 0) -> bool:
-        """Precompute every context's logits if the table fits in max_bytes and looking it up gives
-        bit for bit what the chunked forward gives; afterwards forward() reads the table."""
-        if vocab_size ** self.block_size * vocab_size * 4 > max_bytes:
-            return False
-        powers = vocab_size ** np.arange(self.block_size - 1, -1, -1, dtype=np.int64)
-        every = (np.arange(vocab_size ** self.block_size, dtype=np.int64)[:, None] // powers) % vocab_size
-        table = self.forward(every)
-        self._powers = powers
-        rng = np.random.default_rng(seed)
-        probe = rng.integers(0, vocab_size, (self.chunk_rows + SMALL_CHUNK_ROWS + 1, self.block_size), dtype=np.int64)
-        if not np.array_equal(table[self.table_index(probe)], self.forward(probe)):  # the lookup serving does
-            log.warning("%s: tabulated logits differ from the chunked forward; not using the table", self.name)
-            return False
-        self.table = table
-        return True
 
     def forward(self, context: np.ndarray) -> np.ndarray:
         return np.concatenate(self.forward_map(context, lambda rows, logits: logits))
@@ -142,7 +115,7 @@ class OnnxRuntimeBackend(ChunkedBackend):
         super().__init__(block_size, chunk_rows, threads)
 
     def _run_chunk(self, context: np.ndarray) -> np.ndarray:
-        return self._session.run(["logits"], {"context": context})[0]
+        return self._session.run([ONNX_OUTPUT], {ONNX_INPUT: context})[0]
 
 
 class TorchBackend(ChunkedBackend):
@@ -187,8 +160,10 @@ def check_device(kind: str, device: str) -> None:
                                "with a working CUDA, or use NAMEGEN_DEVICE=cpu)")
 
 
+WEIGHTS_FILE = {"onnxruntime": ONNX_FILE, "torch": PT2_FILE}  # what each backend loads from a version folder
+
+
 def make_backend(kind: str, version_dir: Path, block_size: int, chunk_rows: int, threads: int,
                  device: str) -> ChunkedBackend:
-    if kind == "torch":
-        return TorchBackend(version_dir / "model.pt2", block_size, chunk_rows, threads, device)
-    return OnnxRuntimeBackend(version_dir / "model.onnx", block_size, chunk_rows, threads, device)
+    backend = TorchBackend if kind == "torch" else OnnxRuntimeBackend
+    return backend(version_dir / WEIGHTS_FILE[kind], block_size, chunk_rows, threads, device)

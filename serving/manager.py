@@ -1,4 +1,8 @@
-"""Which model versions are served: initial load, LATEST watching, validated atomic swaps."""
+"""Which model versions are served: initial load, LATEST watching, validated atomic swaps.
+
+Each model is refreshed on its own: a registry entry that breaks the contract rejects that version of
+that model, logs it once, counts it, and never delays any other model.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,12 +10,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from namegen.contract import MAX_NAME_LENGTH, ContractError, model_names, read_latest
+
 from .backends import BackendError
 from .engine import Engine
 from .metrics import Metrics
 from .model import LoadedModel, load_version
-from .registry import ArtifactError, latest_version, model_names
-from .schemas import MAX_NAME_LENGTH
 from .settings import Settings
 
 log = logging.getLogger("namegen.manager")
@@ -36,7 +40,7 @@ class ModelManager:
         self.settings = settings
         self.metrics = metrics
         self._served: dict[str, Served] = {}
-        self._rejected: dict[str, str] = {}  # name -> version that failed validation (not retried)
+        self._rejected: dict[str, tuple[str, str]] = {}  # name -> (LATEST's content, why), not retried
         self._lock = threading.Lock()  # one refresh at a time
         self._registry_names: list[str] = []  # rescanned by refresh(), not on the request path
 
@@ -65,9 +69,6 @@ class ModelManager:
         """The configured names, else every name in the registry as of the last refresh."""
         return list(self.settings.models) or self._registry_names
 
-    def _scan_registry(self) -> None:
-        self._registry_names = model_names(Path(self.settings.registry))
-
     def ready(self) -> bool:
         wanted = self.wanted_names()
         return bool(wanted) and all(name in self._served for name in wanted)
@@ -76,39 +77,60 @@ class ModelManager:
     def refresh(self) -> dict[str, dict]:
         """Load every wanted model whose LATEST names a version not served yet. Returns what happened."""
         with self._lock:
-            self._scan_registry()
-            return {name: self._refresh_one(name) for name in self.wanted_names()}
+            self._registry_names = model_names(Path(self.settings.registry))
+            return {name: self._refresh_guarded(name) for name in self.wanted_names()}
+
+    def _refresh_guarded(self, name: str) -> dict:
+        try:
+            return self._refresh_one(name)
+        except Exception as e:  # an unforeseen registry state must not stop the other models' refresh
+            log.exception("refreshing %s failed", name)
+            return self._reject(name, "LATEST", f"{type(e).__name__}: {e}")
 
     def _refresh_one(self, name: str) -> dict:
         registry = Path(self.settings.registry)
-        version = latest_version(registry, name)
         current = self._served.get(name)
+        try:
+            version = read_latest(registry, name)
+        except ContractError as e:
+            return self._reject(name, "LATEST", str(e))
         if version is None:
             return {"status": "missing", "version": None, "error": f"{registry / name / 'LATEST'} does not exist"}
         if current is not None and current.model.version == version:
+            self._rejected.pop(name, None)
             return {"status": "unchanged", "version": version}
-        if self._rejected.get(name) == version:
-            return {"status": "rejected", "version": version, "error": "failed validation earlier"}
+        if self._rejected.get(name, ("",))[0] == version:
+            return {"status": "rejected", "version": version, "error": self._rejected[name][1]}
         try:
             model = load_version(self.settings, name, version)
-        except (ArtifactError, BackendError, OSError) as e:
-            self._rejected[name] = version
+        except (ContractError, BackendError, OSError) as e:
+            return self._reject(name, version, str(e))
+        self._swap(name, model, current)
+        return {"status": "loaded", "version": version}
+
+    def _reject(self, name: str, version: str, error: str) -> dict:
+        """Keep serving what is served; say so once per bad LATEST content or version, not at every poll."""
+        current = self._served.get(name)
+        if self._rejected.get(name) != (version, error):
+            self._rejected[name] = (version, error)
             self.metrics.reload_failures.labels(name).inc()
             log.error("rejected %s/%s, still serving %s: %s", name, version,
-                      current.model.version if current else "nothing", e)
-            return {"status": "rejected", "version": version, "error": str(e)}
+                      current.model.version if current else "nothing", error)
+        return {"status": "rejected", "version": None if version == "LATEST" else version, "error": error}
+
+    def _swap(self, name: str, model: LoadedModel, current: Served | None) -> None:
         engine = Engine(model, self.settings.max_batch_rows, self.settings.max_queue, MAX_NAME_LENGTH,
                         self.settings.attempts_per_name,
                         on_step=self.metrics.rows_per_step.labels(name).observe,
                         max_active_requests=self.settings.max_active_requests)
         self._served[name] = Served(model, engine)  # the swap: new requests go to the new version
+        self._rejected.pop(name, None)
         if current is not None:
             self.metrics.reloads.labels(name).inc()
-            log.info("serving %s/%s (was %s)", name, version, current.model.version)
+            log.info("serving %s/%s (was %s)", name, model.version, current.model.version)
             threading.Thread(target=self._retire, args=(current,), daemon=True).start()
         else:
-            log.info("serving %s/%s", name, version)
-        return {"status": "loaded", "version": version}
+            log.info("serving %s/%s", name, model.version)
 
     @staticmethod
     def _retire(old: Served) -> None:

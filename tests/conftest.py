@@ -77,6 +77,20 @@ def served_registry(tmp_path_factory, trained_checkpoints) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_wavenet(small_names_file, tmp_path_factory):
+    """A tiny wavenet trained for 300 steps: (checkpoint folder, its metadata)."""
+    from training.data import Dataset, load_names_file
+    from training.models import ModelConfig
+    from training.train import TrainConfig, train
+
+    data = Dataset.from_words(load_names_file(small_names_file), str(small_names_file))
+    out = tmp_path_factory.mktemp("wavenet") / "ck"
+    meta = train(ModelConfig("wavenet", data.vocab.size, block_size=8, n_embd=8, n_hidden=32),
+                 TrainConfig(steps=300, batch_size=64, lr=3e-3, optimizer="adamw"), data, out, progress=False)
+    return out, meta
+
+
 class ServerProcess:
     """`python -m serving` on an ephemeral 127.0.0.1 port; its log is kept for assertions."""
 

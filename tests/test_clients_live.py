@@ -198,3 +198,13 @@ def test_cli_bench_prints_its_report_and_writes_json(live_server, tmp_path):
     report = json.loads(out.read_text())
     assert (report["requests"], report["ok"], report["errors"]) == (30, 30, {})
     assert report["names_per_s"] == pytest.approx(5 * report["requests_per_s"])
+
+
+def test_sdk_and_cli_say_when_fewer_names_came_back_than_asked(client, live_server):
+    # Greedy sampling yields one name, so five unique ones exhaust the attempt budget.
+    short = client.generate(5, seed=1, temperature=0, unique=True)
+    assert short.exhausted and len(short.names) == 1
+    assert not client.generate(5, seed=1).exhausted
+    result = namegen("generate", "-n", "5", "--seed", "1", "--temperature", "0", "--unique", url=live_server)
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 1
+    assert result.stderr.startswith("note: only 1 names passed") and len(result.stderr.splitlines()) == 1

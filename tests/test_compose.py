@@ -14,6 +14,7 @@ removed afterwards.
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import json
 import os
@@ -367,6 +368,19 @@ def traffic(url: str, stop: threading.Event, answers: collections.Counter, versi
                 errors.append(f"{response.status_code} {response.text[:200]}")
 
 
+@contextlib.contextmanager
+def running(clients: list[threading.Thread], stop: threading.Event):
+    """Client threads running for the block; stopped and joined when it ends, failed or not."""
+    for client in clients:
+        client.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+
+
 @pytest.mark.compose
 def test_retrain_under_traffic_switches_version_by_itself_without_a_failed_request_then_rolls_back(
         stack, served, small_names_file):
@@ -379,19 +393,13 @@ def test_retrain_under_traffic_switches_version_by_itself_without_a_failed_reque
 
     stop, answers, versions, errors = threading.Event(), collections.Counter(), set(), []
     clients = [threading.Thread(target=traffic, args=(stack.url, stop, answers, versions, errors)) for _ in range(3)]
-    for client in clients:
-        client.start()
-    try:
+    with running(clients, stop):
         # The one-command retrain, on a names file from the host this time (the first ran on the default data).
         retrained = stack.compose("up", "--no-color", "train", "export", SEED=2, NAMES_FILE=small_names_file)
         assert "published mlp/" in retrained.stdout + retrained.stderr
         second = wait_until("the server to switch by itself",
                             lambda: (version := seeded_names(stack.url)[0]) != first and version, timeout=30)
         time.sleep(2)  # traffic on the new version too
-    finally:
-        stop.set()
-        for client in clients:
-            client.join()
     stack.phases.done("retrain + export seed 2 under traffic")
     print(f"answers during the redeploy: {dict(answers)}")
     assert errors == [] and set(answers) == {200}
@@ -455,19 +463,12 @@ def test_lb_spreads_requests_over_three_replicas_and_loses_none_when_one_stops(s
                 except Exception as e:  # noqa: BLE001 - anything the retries did not absorb is a lost request
                     failures.append(repr(e))
 
-    clients = [threading.Thread(target=work) for _ in range(4)]
-    for client in clients:
-        client.start()
-    try:
+    with running([threading.Thread(target=work) for _ in range(4)], stop):
         time.sleep(2)
         before = done["ok"]
         stack.podman("stop", "-t", "35", stack.container("serve", 2))
         time.sleep(4)
         after = done["ok"]
-    finally:
-        stop.set()
-        for client in clients:
-            client.join()
     stack.phases.done("lb over 3 replicas, stop one under traffic")
     print(f"while one replica stopped: {done['ok']} requests done, attempts {dict(attempts)}")
     assert failures == []

@@ -10,8 +10,7 @@ import pytest
 from conftest import ROOT
 from serving.engine import Engine, SamplingParams
 from serving.model import load_version
-from serving.registry import latest_version
-from serving.schemas import MAX_NAME_LENGTH
+from namegen.contract import MAX_NAME_LENGTH, read_latest
 from serving.settings import Settings
 
 
@@ -19,7 +18,7 @@ def make_engine(registry, name="mlp", max_batch_rows=4096, threads=2, backend="o
                 table_mb=32.0, max_active_requests=0):
     settings = Settings(registry=registry, threads=threads, max_batch_rows=max_batch_rows, backend=backend,
                         forward_chunk_rows=chunk, logits_table_mb=table_mb)
-    model = load_version(settings, name, latest_version(registry, name))
+    model = load_version(settings, name, read_latest(registry, name))
     return Engine(model, max_batch_rows, max_queue=10_000, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20,
                   max_active_requests=max_active_requests)
 
@@ -64,13 +63,13 @@ def mixed_run(engine, seeded, noise_requests=40):
 def test_seeded_requests_are_identical_alone_or_mixed_for_any_batch_rows_and_threads(served_registry):
     # The reference computes every forward; half the mixed runs look logits up in the precomputed table.
     reference_engine = make_engine(served_registry, max_batch_rows=4096, threads=1, table_mb=0)
-    assert reference_engine.model.backend.table is None and reference_engine.model.distributions is None
+    assert reference_engine.runner.logits_table is None and reference_engine.runner.table is None
     alone = [named(reference_engine.generate(p)) for p in SEEDED]
     reference_engine.stop()
     mismatched = total = 0
     for rows, threads, table_mb in [(1, 1, 0), (7, 2, 32), (100, 2, 0), (4096, 2, 32)]:
         engine = make_engine(served_registry, max_batch_rows=rows, threads=threads, table_mb=table_mb)
-        assert (engine.model.distributions is not None) == (table_mb > 0)
+        assert (engine.runner.table is not None) == (table_mb > 0)
         mixed = mixed_run(engine, SEEDED, noise_requests=8 if rows == 1 else 40)
         engine.stop()
         for solo, together in zip(alone, mixed):
@@ -83,14 +82,14 @@ def test_seeded_requests_are_identical_alone_or_mixed_for_any_batch_rows_and_thr
 def test_logits_table_matches_the_forward_and_respects_its_budget(served_registry):
     def load(table_mb):
         settings = Settings(registry=served_registry, threads=2, logits_table_mb=table_mb)
-        return load_version(settings, "mlp", latest_version(served_registry, "mlp"))
+        return load_version(settings, "mlp", read_latest(served_registry, "mlp"))
 
     computed, tabled = load(0), load(32)
-    assert tabled.backend.table.shape == (tabled.vocab_size ** 3, tabled.vocab_size)
+    assert tabled.runner.logits_table.shape == (tabled.vocab_size ** 3, tabled.vocab_size)
     names = sorted(tabled.training_names)[:500]
     assert [a.tolist() for a in computed.token_logp(names)] == [a.tolist() for a in tabled.token_logp(names)]
     too_small = 27**3 * 27 * 4 - 1
-    assert not computed.backend.tabulate(computed.vocab_size, too_small) and computed.backend.table is None
+    assert not computed.runner.tabulate(too_small) and computed.runner.logits_table is None
     # The budget covers the logits and the sampler's view of them, as measured on the loaded arrays.
     def owners(arrays):  # the buffers the arrays live in, each once (some attributes are views)
         roots = {}
@@ -100,10 +99,10 @@ def test_logits_table_matches_the_forward_and_respects_its_budget(served_registr
             roots[id(a)] = a
         return roots.values()
 
-    view = [a for a in vars(tabled.distributions).values() if isinstance(a, np.ndarray)]
-    used = sum(a.nbytes for a in owners([tabled.backend.table, *view]))
+    view = [a for a in vars(tabled.runner.table).values() if isinstance(a, np.ndarray)]
+    used = sum(a.nbytes for a in owners([tabled.runner.logits_table, *view]))
     just_short, enough = load((used - 1) / 2**20), load(used / 2**20)
-    assert just_short.distributions is None and enough.distributions is not None
+    assert just_short.runner.table is None and enough.runner.table is not None
     for model in (computed, tabled, just_short, enough):
         model.close()
 

@@ -13,7 +13,7 @@ import pytest
 from export.pipeline import export_checkpoint
 from serving.manager import ModelManager
 from serving.metrics import Metrics
-from serving.registry import latest_version
+from namegen.contract import read_latest
 from serving.settings import Settings
 from training.checkpoint import load_checkpoint
 from training.data import Dataset
@@ -90,7 +90,7 @@ def own_registry(served_registry, tmp_path):
 def test_new_version_is_picked_up_under_load_with_no_failed_request(own_registry, trained_checkpoints,
                                                                    start_server):
     server = start_server(own_registry)
-    old = latest_version(own_registry, "mlp")
+    old = read_latest(own_registry, "mlp")
     before = httpx.post(server.url + "/v1/generate", json=SEEDED).json()
     stop, failures, versions = threading.Event(), [], set()
     threads = [threading.Thread(target=hammer, args=(server.url, stop, failures, versions)) for _ in range(4)]
@@ -136,7 +136,7 @@ def test_corrupt_version_is_rejected_and_the_old_one_keeps_serving(own_registry,
     import json
 
     server = start_server(own_registry)
-    old = latest_version(own_registry, "mlp")
+    old = read_latest(own_registry, "mlp")
     bad = "29991231T235959999999Z"
     shutil.copytree(own_registry / "mlp" / old, own_registry / "mlp" / bad)
     onnx_path = own_registry / "mlp" / bad / "model.onnx"

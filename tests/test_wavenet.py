@@ -3,9 +3,7 @@ import pytest
 import torch
 
 from training.cli import main
-from training.data import Dataset, load_names_file
 from training.models import BatchNormLastDim, FlattenConsecutive, ModelConfig, build_model, count_parameters
-from training.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("block_size", [2, 8, 16])
@@ -53,15 +51,6 @@ def test_wavenet_block_size_error_is_one_cli_line(tmp_path, capsys, small_names_
     assert capsys.readouterr().err.strip().count("\n") == 0
 
 
-@pytest.fixture(scope="module")
-def tiny_wavenet(small_names_file, tmp_path_factory):
-    data = Dataset.from_words(load_names_file(small_names_file), str(small_names_file))
-    out = tmp_path_factory.mktemp("wavenet") / "ck"
-    meta = train(ModelConfig("wavenet", data.vocab.size, block_size=8, n_embd=8, n_hidden=32),
-                 TrainConfig(steps=300, batch_size=64, lr=3e-3, optimizer="adamw"), data, out, progress=False)
-    return out, meta
-
-
 def test_short_wavenet_run_lowers_the_loss(tiny_wavenet):
     _, meta = tiny_wavenet
     assert meta["metrics"]["val_nll"] < 2.9  # from about log(27) = 3.30 at init
@@ -82,7 +71,7 @@ def test_exported_wavenet_serves_through_the_same_engine(tiny_wavenet, tmp_path)
     from export.pipeline import export_checkpoint
     from serving.engine import Engine, SamplingParams
     from serving.model import load_version
-    from serving.schemas import MAX_NAME_LENGTH
+    from namegen.contract import MAX_NAME_LENGTH
     from serving.settings import Settings
 
     checkpoint, _ = tiny_wavenet
@@ -94,46 +83,3 @@ def test_exported_wavenet_serves_through_the_same_engine(tiny_wavenet, tmp_path)
     model.close()
     assert len(result.names) == 20 and all(name.startswith("ma") for name in result.names)
     assert all(nll > 0 for nll in result.nlls)
-
-
-# -- ensembles: the best served model is the mean of several wavenets' distributions --------------------
-@pytest.fixture(scope="module")
-def second_wavenet(small_names_file, tmp_path_factory):
-    data = Dataset.from_words(load_names_file(small_names_file), str(small_names_file))
-    out = tmp_path_factory.mktemp("wavenet2") / "ck"
-    train(ModelConfig("wavenet", data.vocab.size, block_size=8, n_embd=8, n_hidden=32, dropout=0.1),
-          TrainConfig(steps=300, batch_size=64, lr=3e-3, optimizer="adamw", seed=7), data, out, progress=False)
-    return out
-
-
-def test_ensemble_predicts_the_mean_of_its_members_distributions():
-    members = [ModelConfig("wavenet", 27, block_size=8, n_embd=4, n_hidden=8).to_dict(),
-               ModelConfig("mlp", 27, block_size=8, n_embd=4, n_hidden=8).to_dict()]
-    model = build_model(ModelConfig("ensemble", 27, members=members), torch.Generator().manual_seed(0)).eval()
-    context = torch.randint(0, 27, (6, 8))
-    mean = torch.stack([torch.softmax(m(context), dim=-1) for m in model.members]).mean(0)
-    assert torch.allclose(torch.softmax(model(context), dim=-1), mean, atol=1e-6)
-    with pytest.raises(ValueError, match="at least 2"):
-        build_model(ModelConfig("ensemble", 27, members=members[:1]))
-    with pytest.raises(ValueError, match="block size"):
-        build_model(ModelConfig("ensemble", 27, members=[members[0], {**members[1], "block_size": 3}]))
-
-
-def test_ensemble_cli_beats_its_average_member_and_exports_with_parity(tiny_wavenet, second_wavenet, tmp_path,
-                                                                      capsys):
-    from export.pipeline import export_checkpoint
-    from training.checkpoint import load_checkpoint
-
-    first, _ = tiny_wavenet
-    main(["ensemble", str(first), str(second_wavenet), "--out", str(tmp_path / "ens")])
-    ensemble = load_checkpoint(tmp_path / "ens")
-    member_val = [m["metrics"]["val_nll"] for m in ensemble.meta["training"]["members"]]
-    # A mixture's NLL is at most the mean of its members' (Jensen); in practice clearly below the best one.
-    assert ensemble.meta["metrics"]["val_nll"] < min(member_val)
-    published = export_checkpoint(tmp_path / "ens", tmp_path / "registry", name="best")
-    assert published.manifest["model_type"] == "ensemble"
-    assert abs(published.manifest["parity"]["onnx_val_nll"] - ensemble.meta["metrics"]["val_nll"]) <= 1e-5
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:  # one member only: one line, exit 2
-        main(["ensemble", str(first), "--out", str(tmp_path / "one")])
-    assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1

@@ -5,11 +5,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
+from namegen.contract import MAX_NAME_LENGTH
+
+from ..engine import MAX_TOP_K  # any k from the vocabulary size up keeps every character
+
 MAX_N = 10_000
-MAX_NAME_LENGTH = 64  # characters, prefix included
 MAX_SCORE_NAMES = 1000
 MAX_SEED = 2**63 - 1
-MAX_TOP_K = 2**63 - 1  # the engine holds it in an int64; any k from the vocabulary size up keeps every character
 
 
 class GenerateRequest(BaseModel):

@@ -1,18 +1,13 @@
 """Plain ASGI layers in front of FastAPI's per-request machinery: body limits and request metrics for
-every route, and a short path for POST /generate, the route that many small requests hit."""
+every route, and a fast path for POST /generate, the route that many small requests hit."""
 from __future__ import annotations
 
 import time
-from typing import Awaitable, Callable
 
-import orjson
-from fastapi import HTTPException
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
+from fastapi.responses import JSONResponse
 
-from .manager import NotReady, UnknownModel
-from .metrics import Metrics
+from ..metrics import Metrics
+from . import generate
 
 
 class LimitAndMeasure:
@@ -78,41 +73,29 @@ def _replay(body: bytes):
     return receive
 
 
-class ShortPath:
-    """Answers POST requests to `routes` without FastAPI's routing, dependency injection and request
-    objects, which cost more CPU than generating a name: the JSON body is parsed with orjson, validated
-    by the route's own model as FastAPI validates it, and passed to the route's own handler. Whatever
-    this does not answer with the handler's response goes on to FastAPI unchanged (the body replayed),
-    so errors keep their one documented form: bodies that are not JSON objects of a valid request, and
-    the handler's errors raised before any work starts (unknown model, not ready, prefix outside the
-    vocabulary). HTTPExceptions raised later (429, 503, 504) are rendered as FastAPI renders them."""
+class FastPath:
+    """Answers POST /generate and /v1/generate with an application/json body without FastAPI's routing,
+    dependency injection and request objects, which cost more CPU than generating a name: it calls the
+    route's own `generate.answer` with the body's bytes, errors included, so its answers are the route's.
+    Everything else goes on to FastAPI unchanged."""
 
-    def __init__(self, app, routes: dict, model: type[BaseModel],
-                 handler: Callable[[BaseModel], Awaitable[Response]]):
-        self.app, self.routes, self.model, self.handler = app, routes, model, handler
+    def __init__(self, app, routes: dict):
+        self.app, self.routes = app, routes  # path -> the FastAPI route it stands in for
 
     async def __call__(self, scope, receive, send):
         route = self.routes.get(scope.get("path")) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if route is None or _content_type(scope) != b"application/json":
+        content_type = _content_type(scope) if route is not None else b""
+        if route is None or content_type.split(b";")[0].strip().lower() != b"application/json":
             return await self.app(scope, receive, send)
-        body = await _read_body(receive)
-        try:
-            request = self.model.model_validate(orjson.loads(body))
-        except (orjson.JSONDecodeError, ValidationError):
-            return await self.app(scope, _replay(body), send)
         scope["route"] = route  # as the router would set it: LimitAndMeasure labels metrics with it
-        try:
-            response = await self.handler(request)
-        except (UnknownModel, NotReady, RequestValidationError):  # raised before any work was queued
-            return await self.app(scope, _replay(body), send)
-        except HTTPException as e:
-            response = JSONResponse({"detail": e.detail}, e.status_code, headers=e.headers)
+        state = scope["app"].state  # set by Starlette before its middleware runs
+        response = await generate.answer(await _read_body(receive), content_type.decode("latin-1"), state.manager,
+                                         state.settings, state.metrics)
         await response(scope, receive, send)
 
 
 def _content_type(scope) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-type":
-            return value.split(b";")[0].strip().lower()
+            return value
     return b""
-

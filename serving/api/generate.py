@@ -1,0 +1,143 @@
+"""POST /v1/generate: parse and validate the body, run it on the model's engine, answer.
+
+`answer` is the whole of it, from body bytes to response; the FastAPI route below and the fast path in
+front of FastAPI (asgi.FastPath, which skips FastAPI's routing and dependency injection for this, the
+route that many small requests hit) both call it, so they answer alike, errors included.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.message
+import json
+import random
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from ..engine import EngineStopped, GenerationResult, SamplingParams
+from ..manager import ModelManager
+from ..metrics import Metrics
+from ..settings import Settings
+from .deps import ManagerDep, MetricsDep, SettingsDep
+from .errors import ANSWERED, RETRY_AFTER, ApiError, error_response
+from .schemas import GenerateRequest, GenerateResponse
+
+SUBMIT_TRIES = 3  # a reload may retire the engine between lookup and submit
+
+
+class FastJSONResponse(JSONResponse):
+    """orjson for the large bodies (/generate, /score): the same JSON, several times less CPU."""
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content)
+
+
+def parse_body(body: bytes, content_type: str | None) -> GenerateRequest:
+    """The request body as FastAPI reads a JSON body into a model, with its errors (RequestValidationError)."""
+    if not body:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    if not _is_json(content_type):
+        raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "input": body.decode(
+            "utf-8", "replace"), "msg": "Input should be a valid dictionary or object to extract fields from"}])
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:  # Python's parser as FastAPI's: NaN, Infinity, lone surrogates, its messages
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError as e:
+            raise RequestValidationError([{"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error",
+                                           "input": {}, "ctx": {"error": e.msg}}]) from None
+        except UnicodeDecodeError:  # bytes no JSON text can hold
+            raise ApiError(400, "There was an error parsing the body") from None
+    try:
+        return GenerateRequest.model_validate(data, from_attributes=True)
+    except ValidationError as e:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])}
+                                      for error in e.errors(include_url=False)]) from None
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:  # FastAPI's strict content type: a body without one is not read as JSON
+        return False
+    if content_type.startswith("application/json"):
+        return True
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+async def generate_names(body: GenerateRequest, manager: ModelManager, settings: Settings, metrics: Metrics) -> Response:
+    seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**63)
+    params = SamplingParams(n=body.n, seed=seed, temperature=body.temperature, top_k=body.top_k or 0,
+                            prefix=body.prefix, min_length=body.min_length, max_length=body.max_length,
+                            unique=body.unique, exclude_training=body.exclude_training)
+    name, result = await _run(body.model, params, manager, settings.request_timeout_s)
+    metrics.names_generated.labels(name).inc(len(result.names))
+    # Plain dicts: a pydantic object per name costs more than the sampling for large n. The shape is
+    # GenerateResponse's (the OpenAPI page documents it; tests check the contract).
+    return FastJSONResponse({"model": name, "version": result.version, "seed": seed,
+                             "names": [{"name": name, "nll": nll} for name, nll in zip(result.names, result.nlls)],
+                             "exhausted": result.exhausted})
+
+
+async def _run(model: str | None, params: SamplingParams, manager: ModelManager,
+               timeout_s: float) -> tuple[str, GenerationResult]:
+    loop = asyncio.get_running_loop()
+    for _ in range(SUBMIT_TRIES):
+        served = manager.get(model)
+        done = loop.create_future()
+
+        def finish(result, done=done):  # on the engine thread
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
+
+        try:
+            request = served.engine.submit(params, finish)
+        except EngineStopped:
+            continue
+        try:
+            result = await asyncio.wait_for(done, timeout_s)
+        except asyncio.TimeoutError:
+            request.cancel()
+            raise ApiError(504, f"generation took longer than {timeout_s}s; ask for fewer names or retry") from None
+        except asyncio.CancelledError:  # the client went away
+            request.cancel()
+            raise
+        if isinstance(result, EngineStopped):
+            continue
+        if isinstance(result, BaseException):
+            raise result
+        return served.model.name, result
+    raise ApiError(503, "the model is being reloaded; retry", headers=RETRY_AFTER)
+
+
+async def answer(body: bytes, content_type: str | None, manager: ModelManager, settings: Settings,
+                 metrics: Metrics) -> Response:
+    """From the body's bytes to the response, errors included."""
+    try:
+        return await generate_names(parse_body(body, content_type), manager, settings, metrics)
+    except ANSWERED as e:
+        return error_response(e)
+
+
+router = APIRouter(tags=["names"])
+DOCUMENTED = dict(
+    response_model=GenerateResponse,
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": GenerateRequest.model_json_schema()}}}},
+    responses={404: {"description": "unknown model"},
+               422: {"description": "a field is invalid; `detail` names it", "content": {"application/json": {
+                   "schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}},
+               429: {"description": "too many requests waiting; see Retry-After"},
+               503: {"description": "not ready or reloading; see Retry-After"},
+               504: {"description": "the deadline passed"}},
+)
+
+
+@router.post("/v1/generate", **DOCUMENTED)
+@router.post("/generate", include_in_schema=False, **DOCUMENTED)
+async def generate(request: Request, manager: ManagerDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
+    return await answer(await request.body(), request.headers.get("content-type"), manager, settings, metrics)

@@ -1,0 +1,101 @@
+"""The model runner: a batch of rows -> each row's next character, for one model version.
+
+It hides where distributions come from. A model with a short context over a small vocabulary has few
+possible contexts (the mlp: 27**3 = 19,683): at load their logits are computed once, in the backend's
+fixed-shape chunks, and the sampler's view of each is precomputed (sampler.DistributionTable); a step
+is then a few gathers on the engine thread. Both are checked bit for bit before use (against the chunked
+forward, and against sampling from computed logits), so a table never changes a name. Otherwise every
+step runs the backend's forward and samples on each chunk's forward thread.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .backends import SMALL_CHUNK_ROWS, ChunkedBackend
+from .sampler import Distribution, DistributionTable, sample_step, uniforms
+from .scheduler import Batch
+
+log = logging.getLogger("namegen.runner")
+
+
+class ModelRunner:
+    def __init__(self, backend: ChunkedBackend, vocab_size: int, block_size: int, table_budget_bytes: int = 0):
+        self.backend, self.vocab_size, self.block_size = backend, vocab_size, block_size
+        self.logits_table: np.ndarray | None = None  # float32 [vocab**block_size, vocab], see tabulate
+        self.table: DistributionTable | None = None  # the sampler's view of logits_table, see use_table
+        self._powers = vocab_size ** np.arange(block_size - 1, -1, -1, dtype=np.int64)  # context -> table row
+        backend.check_shape_invariance(vocab_size)
+        # The budget covers the logits and the sampler's precomputed view of them, about 8x as much.
+        view = vocab_size ** block_size * DistributionTable.bytes_per_context(vocab_size)
+        if self.tabulate(table_budget_bytes - view):
+            self.use_table()
+
+    def context_index(self, context: np.ndarray) -> np.ndarray:
+        """Table row of each context int64 [rows, block_size]: its characters as digits in base vocab."""
+        index = context[:, 0] * self._powers[0]
+        for j in range(1, self.block_size):
+            index += context[:, j] * self._powers[j]
+        return index
+
+    def tabulate(self, max_bytes: int, seed: int = 0) -> bool:
+        """Compute every context's logits if they fit in max_bytes and looking them up gives bit for bit
+        what the chunked forward gives; afterwards logits() reads the table."""
+        contexts = self.vocab_size ** self.block_size
+        if contexts * self.vocab_size * 4 > max_bytes:
+            return False
+        every = (np.arange(contexts, dtype=np.int64)[:, None] // self._powers) % self.vocab_size
+        table = self.backend.forward(every)
+        rng = np.random.default_rng(seed)
+        probe = rng.integers(0, self.vocab_size, (self.backend.chunk_rows + SMALL_CHUNK_ROWS + 1, self.block_size))
+        if not np.array_equal(table[self.context_index(probe)], self.backend.forward(probe)):
+            log.warning("%s: tabulated logits differ from the chunked forward; not using the table", self.backend.name)
+            return False
+        self.logits_table = table
+        return True
+
+    def use_table(self, seed: int = 0) -> bool:
+        """Precompute the sampler's view of every context, after checking that sampling from it gives bit
+        for bit what sampling from computed logits gives."""
+        table = DistributionTable(self.logits_table)
+        rng = np.random.default_rng(seed)
+        rows = 4 * self.backend.chunk_rows
+        index = rng.integers(0, len(self.logits_table), rows)
+        params = (rng.random(rows), rng.choice([1.0, 1.0, 0.5, 2.0, 0.0], rows), rng.choice([0, 0, 3], rows),
+                  rng.random(rows) < 0.8, np.where(rng.random(rows) < 0.1, 1, -1))
+        looked_up = sample_step(table.rows(index), *params)
+        computed = sample_step(Distribution(self.logits_table[index]), *params)
+        if not all(np.array_equal(a, b) for a, b in zip(looked_up, computed)):
+            log.warning("%s: sampling from the precomputed table differs from sampling from logits; computing "
+                        "distributions every step", self.backend.name)
+            return False
+        self.table = table
+        return True
+
+    def logits(self, context: np.ndarray) -> np.ndarray:
+        """float32 [rows, vocab] for context int64 [rows, block_size] (scoring, checks)."""
+        if self.logits_table is not None:
+            return self.logits_table[self.context_index(context)]
+        return self.backend.forward(context)
+
+    def next_chars(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """(character int64 [rows], its log-probability under the untempered model float64 [rows])."""
+        if self.table is not None:  # a few gathers, on this thread
+            return self.table.sample(self.context_index(batch.context), uniforms(batch.keys, batch.position),
+                                     batch.temperature, batch.top_k, batch.end_allowed, batch.forced)
+
+        def sample(chunk: slice, logits: np.ndarray):  # runs on the chunk's forward thread
+            return sample_step(Distribution(logits), uniforms(batch.keys[chunk], batch.position[chunk]),
+                               batch.temperature[chunk], batch.top_k[chunk], batch.end_allowed[chunk],
+                               batch.forced[chunk])
+
+        if self.logits_table is not None:  # tabulated, but the sampler's view failed its check
+            index = self.context_index(batch.context)
+            parts = self.backend.map_chunks(batch.rows, lambda rows, _: sample(rows, self.logits_table[index[rows]]))
+        else:
+            parts = self.backend.forward_map(batch.context, sample)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def close(self) -> None:
+        self.backend.close()
