@@ -22,6 +22,8 @@ class ModelConfig:
     smoothing: float = 1.0  # bigram-counts: add-k
     bn_momentum: float = 0.01  # running statistics; the lectures used 0.001 at batch 32
     dropout: float = 0.0  # mlp, wavenet: after every tanh while training (the identity in eval and export)
+    init_gain: float = TANH_GAIN  # mlp, wavenet: the hidden Linears start with std init_gain / sqrt(fan_in)
+    batchnorm: bool = True  # mlp, wavenet: False gives lecture 3's stack before BatchNorm, Linear -> tanh
     members: list[dict] = field(default_factory=list)  # ensemble: the members' configs
 
     def to_dict(self) -> dict:
@@ -73,14 +75,25 @@ class BigramNeural(nn.Module):
 
 @torch.no_grad()
 def _init_tanh_stack(model: nn.Module, generator: torch.Generator | None) -> None:
-    """Kaiming init with tanh's gain for model.hidden's Linears; a small output layer (model.head)."""
+    """Kaiming init with cfg.init_gain (tanh's 5/3 by default) for model.hidden's Linears; a small output
+    layer (model.head)."""
     model.embedding.weight.normal_(generator=generator)
     for m in model.hidden:
         if isinstance(m, nn.Linear):
-            m.weight.normal_(std=TANH_GAIN / m.in_features**0.5, generator=generator)
+            m.weight.normal_(std=model.cfg.init_gain / m.in_features**0.5, generator=generator)
+            if m.bias is not None:  # only without BatchNorm
+                m.bias.zero_()
     # A small output layer starts near the uniform distribution (lecture 3's "hockey stick" fix).
     model.head.weight.normal_(std=0.1 / model.head.in_features**0.5, generator=generator)
     model.head.bias.zero_()
+
+
+def _tanh_block(cfg: ModelConfig, fan_in: int, batchnorm: type[nn.BatchNorm1d]) -> list[nn.Module]:
+    """Linear -> BatchNorm -> tanh (-> dropout); without BatchNorm the Linear gets its bias back."""
+    if not cfg.batchnorm:
+        return [nn.Linear(fan_in, cfg.n_hidden), nn.Tanh(), *_dropout(cfg)]
+    return [nn.Linear(fan_in, cfg.n_hidden, bias=False),  # BatchNorm's shift makes a bias redundant
+            batchnorm(cfg.n_hidden, momentum=cfg.bn_momentum), nn.Tanh(), *_dropout(cfg)]
 
 
 def _dropout(cfg: ModelConfig) -> list[nn.Module]:
@@ -98,12 +111,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         fan_in = cfg.block_size * cfg.n_embd
         for _ in range(cfg.n_layers):
-            layers += [
-                nn.Linear(fan_in, cfg.n_hidden, bias=False),  # BatchNorm's shift makes a bias redundant
-                nn.BatchNorm1d(cfg.n_hidden, momentum=cfg.bn_momentum),
-                nn.Tanh(),
-                *_dropout(cfg),
-            ]
+            layers += _tanh_block(cfg, fan_in, nn.BatchNorm1d)
             fan_in = cfg.n_hidden
         self.hidden = nn.Sequential(*layers)
         self.head = nn.Linear(fan_in, cfg.vocab_size)
@@ -154,8 +162,7 @@ class WaveNet(nn.Module):
         layers: list[nn.Module] = []
         fan_in = 2 * cfg.n_embd
         for _ in range(levels):
-            layers += [FlattenConsecutive(2), nn.Linear(fan_in, cfg.n_hidden, bias=False),
-                       BatchNormLastDim(cfg.n_hidden, momentum=cfg.bn_momentum), nn.Tanh(), *_dropout(cfg)]
+            layers += [FlattenConsecutive(2), *_tanh_block(cfg, fan_in, BatchNormLastDim)]
             fan_in = 2 * cfg.n_hidden
         self.hidden = nn.Sequential(*layers)
         self.head = nn.Linear(cfg.n_hidden, cfg.vocab_size)
