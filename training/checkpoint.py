@@ -1,4 +1,4 @@
-"""The checkpoint folder: model.safetensors + checkpoint.json (+ the word list, history, resume state).
+"""The checkpoint folder: model.safetensors + checkpoint.json (+ the word list, history, diagnostics, resume state).
 
 checkpoint.json holds everything needed to rebuild the model without the training code's defaults:
 model config, vocabulary, block size, split seed, sha256 of the word list, NLLs and wall time.
@@ -25,6 +25,7 @@ META_FILE = "checkpoint.json"
 WEIGHTS_FILE = "model.safetensors"
 WORDS_FILE = "words.txt"  # the full word list, so eval and export need no --data
 HISTORY_FILE = "history.json"
+DIAGNOSTICS_FILE = "diagnostics.json"  # lecture 3's training diagnostics (training/diagnostics.py)
 TRAIN_STATE_FILE = "train_state.pt"  # optimizer, generator and step for --resume
 
 
@@ -70,7 +71,8 @@ class Checkpoint:
 
 
 def save_checkpoint(out_dir: Path, model: nn.Module, meta: dict, words: list[str] | None = None,
-                    history: dict | None = None, train_state: dict | None = None) -> None:
+                    history: dict | None = None, train_state: dict | None = None,
+                    diagnostics: dict | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out_dir / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
@@ -78,6 +80,8 @@ def save_checkpoint(out_dir: Path, model: nn.Module, meta: dict, words: list[str
         atomic_write_text(out_dir / WORDS_FILE, "\n".join(words) + "\n")
     if history is not None:
         atomic_write_text(out_dir / HISTORY_FILE, json.dumps(history))
+    if diagnostics is not None:
+        atomic_write_text(out_dir / DIAGNOSTICS_FILE, json.dumps(diagnostics, separators=(",", ":")))
     if train_state is not None:
         atomic_write(out_dir / TRAIN_STATE_FILE, lambda tmp: torch.save(train_state, tmp))
     full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta,
@@ -126,3 +130,17 @@ def load_train_state(path: Path) -> dict:
 def load_history(path: Path) -> dict:
     history_path = path / HISTORY_FILE
     return json.loads(history_path.read_text()) if history_path.is_file() else {"train": [], "val": []}
+
+
+def load_diagnostics(path: Path) -> dict | None:
+    """diagnostics.json of a checkpoint folder, None when the run recorded none."""
+    diagnostics_path = path / DIAGNOSTICS_FILE
+    if not diagnostics_path.is_file():
+        return None
+    try:
+        diagnostics = json.loads(diagnostics_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{diagnostics_path}: not valid JSON ({e})") from None
+    if not isinstance(diagnostics, dict) or not isinstance(diagnostics.get("records"), list):
+        raise CheckpointError(f"{diagnostics_path}: not a diagnostics file (no list of records)")
+    return diagnostics

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .data import SPLIT_SEED, Dataset
+from .diagnostics import Recorder
 from .models import GRADIENT_FREE, ModelConfig, build_model, count_parameters, nll
 
 
@@ -28,6 +29,7 @@ class TrainConfig:
     l2: float = 0.0  # the lecture's penalty l2 * mean(W**2) added to the loss (bigram-neural)
     seed: int = 1337
     eval_every: int = 0  # 0: ten evaluations (and checkpoints) over the run
+    diagnostics_every: int = 100  # lecture 3's diagnostics on every k-th step and the last; 0: none
 
     def lr_at(self, step: int) -> float:
         progress = step / max(self.steps - 1, 1)
@@ -41,7 +43,8 @@ class TrainConfig:
 # Defaults per model; the CLI overrides any of them. The mlp's beat lecture 3 (see README).
 TRAIN_DEFAULTS: dict[str, TrainConfig] = {
     "bigram-counts": TrainConfig(steps=0, batch_size=0, lr=0.0, optimizer="none"),
-    "bigram-neural": TrainConfig(steps=400, batch_size=0, lr=200.0, optimizer="sgd", lr_final_ratio=0.2, l2=0.001),
+    "bigram-neural": TrainConfig(steps=400, batch_size=0, lr=200.0, optimizer="sgd", lr_final_ratio=0.2, l2=0.001,
+                                 diagnostics_every=10),
     "mlp": TrainConfig(steps=30000, batch_size=128, lr=3e-3, optimizer="adamw", weight_decay=0.05),
     "wavenet": TrainConfig(steps=60000, batch_size=128, lr=3e-3, optimizer="adamw", weight_decay=0.1),
 }
@@ -122,6 +125,44 @@ class _StopFlag:
         signal.signal(signal.SIGINT, self._previous)
 
 
+def _fit_without_gradients(model, tc: TrainConfig, data: Dataset, out_dir: Path, Xtr, Ytr) -> dict:
+    start = time.perf_counter()
+    model.fit(Xtr, Ytr)
+    meta = _meta(model, data, replace(tc, steps=0), 0, time.perf_counter() - start, finished=True)
+    ckpt.save_checkpoint(out_dir, model, meta, words=data.words)
+    return meta
+
+
+def _restore(out_dir: Path, model, optimizer, generator: torch.Generator,
+             recorder: Recorder) -> tuple[int, float, dict]:
+    """--resume: weights, optimizer, both generators, diagnostics; returns step, wall time so far, loss history."""
+    state = ckpt.load_train_state(out_dir)
+    model.load_state_dict(ckpt.load_checkpoint(out_dir).model.state_dict())
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator
+    diagnostics = ckpt.load_diagnostics(out_dir) or {"records": []}
+    # Only what the saved state had seen: a later write of these files may have outlived its own state.
+    recorder.records = [r for r in diagnostics["records"] if r["step"] < state["step"]]
+    return state["step"], state["wall_time_s"], ckpt.load_history(out_dir)
+
+
+def _train_step(model, optimizer, recorder: Recorder, tc: TrainConfig, xb, yb, step: int, lr: float) -> torch.Tensor:
+    """One update at learning rate lr; the recorder's calls do nothing but on its recording steps."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    recorder.start(step, lr)
+    loss = F.cross_entropy(model(xb), yb)
+    if tc.l2:
+        loss = loss + tc.l2 * model.regularisation()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    recorder.gradients_ready()
+    optimizer.step()
+    recorder.update_applied()
+    return loss
+
+
 def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path, resume: bool = False,
           progress: bool = True) -> dict:
     """Train, write the checkpoint folder, return its metadata. Raises Interrupted on Ctrl-C."""
@@ -131,25 +172,14 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path,
     block_size = model.cfg.block_size
     Xtr, Ytr = data.contexts("train", block_size)
     Xval, Yval = data.contexts("val", block_size)
-
     if model_cfg.model_type in GRADIENT_FREE:
-        start = time.perf_counter()
-        model.fit(Xtr, Ytr)
-        meta = _meta(model, data, replace(tc, steps=0), 0, time.perf_counter() - start, finished=True)
-        ckpt.save_checkpoint(out_dir, model, meta, words=data.words)
-        return meta
+        return _fit_without_gradients(model, tc, data, out_dir, Xtr, Ytr)
 
     optimizer = _make_optimizer(model, tc)
-    history: dict = {"train": [], "val": []}
-    step, wall_before = 0, 0.0
+    recorder = Recorder(model, tc.diagnostics_every, last_step=tc.steps - 1)
+    step, wall_before, history = 0, 0.0, {"train": [], "val": []}
     if resume:
-        state = ckpt.load_train_state(out_dir)
-        model.load_state_dict(ckpt.load_checkpoint(out_dir).model.state_dict())
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator
-        step, wall_before = state["step"], state["wall_time_s"]
-        history = ckpt.load_history(out_dir)
+        step, wall_before, history = _restore(out_dir, model, optimizer, generator, recorder)
 
     def save(finished: bool) -> dict:
         wall = wall_before + time.perf_counter() - started
@@ -157,7 +187,8 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path,
         train_state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                        "torch_rng": torch.get_rng_state(),
                        "step": step, "wall_time_s": wall}
-        ckpt.save_checkpoint(out_dir, model, meta, words=data.words, history=history, train_state=train_state)
+        ckpt.save_checkpoint(out_dir, model, meta, words=data.words, history=history, train_state=train_state,
+                             diagnostics=recorder.to_json() if tc.diagnostics_every else None)
         return meta
 
     started = time.perf_counter()
@@ -167,19 +198,12 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path,
     with _StopFlag() as stop:
         while step < tc.steps:
             lr = tc.lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             if tc.batch_size:
                 ix = torch.randint(0, len(Xtr), (tc.batch_size,), generator=generator)
                 xb, yb = Xtr[ix], Ytr[ix]
             else:
                 xb, yb = Xtr, Ytr
-            loss = F.cross_entropy(model(xb), yb)
-            if tc.l2:
-                loss = loss + tc.l2 * model.regularisation()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = _train_step(model, optimizer, recorder, tc, xb, yb, step, lr)
             step += 1
             if step % 100 == 0 or step in (1, tc.steps) or not tc.batch_size:
                 history["train"].append([step, round(loss.item(), 5)])
