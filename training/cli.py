@@ -1,4 +1,4 @@
-"""`python -m training {train,eval,sample,plot}`. Bad input: one line on stderr, exit code 2."""
+"""`python -m training {train,ensemble,eval,sample,plot,diagnose}`. Bad input: one line on stderr, exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-hidden", type=number(int, above=0))
     t.add_argument("--n-layers", type=number(int, above=0))
     t.add_argument("--dropout", type=number(float, at_least=0, below=1), help="mlp, wavenet: dropout after each tanh while training")
+    t.add_argument("--init-gain", type=number(float, above=0),
+                   help="mlp, wavenet: hidden weights start with std GAIN/sqrt(fan_in) (default 5/3, tanh's)")
+    t.add_argument("--no-batchnorm", dest="batchnorm", action="store_false", default=None,
+                   help="mlp, wavenet: Linear -> tanh without BatchNorm (lecture 3 before BatchNorm)")
+    t.add_argument("--diagnostics-every", type=number(int, at_least=0),
+                   help="record lecture 3's diagnostics every K steps and the last (default 100; 0: off)")
     t.add_argument("--smoothing", type=number(float, at_least=0), help="bigram-counts: add-k")
     t.add_argument("--no-plots", action="store_true")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -58,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("plot", help="write the checkpoint's PNG figures")
     g.add_argument("checkpoint", type=Path)
+
+    d = sub.add_parser("diagnose", help="judge the run's saturation, dead units and update ratios")
+    d.add_argument("checkpoint", type=Path)
+    d.add_argument("--json", action="store_true", help="the report as JSON")
     return p
 
 
@@ -181,7 +191,22 @@ def cmd_plot(args) -> None:
         print(path)
 
 
-COMMANDS = {"train": cmd_train, "ensemble": cmd_ensemble, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot}
+def cmd_diagnose(args) -> None:
+    import json
+
+    from .checkpoint import load_diagnostics
+    from .diagnostics import format_report, health_report
+
+    meta = read_meta(args.checkpoint)
+    report = health_report(meta, load_diagnostics(args.checkpoint))
+    if report is None:
+        raise UsageError(f"{args.checkpoint}: no diagnostics recorded (trained before they existed, or with "
+                         "--diagnostics-every 0); train again to get them")
+    print(json.dumps(report, indent=2) if args.json else format_report(report, args.checkpoint))
+
+
+COMMANDS = {"train": cmd_train, "ensemble": cmd_ensemble, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot,
+            "diagnose": cmd_diagnose}
 
 
 def main(argv: list[str] | None = None) -> None:
