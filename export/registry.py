@@ -6,17 +6,20 @@ Atomicity: a version is written into a temporary folder in DIR, fsynced, and ren
 whole; LATEST is replaced with os.replace of a fsynced temp file. Both renames are atomic on POSIX,
 so at any instant, kill -9 included, LATEST names a complete version and earlier versions are
 untouched. A kill leaves at most a `.staging-*` folder or a `.LATEST.*.tmp` file: model names never
-start with a dot, so no reader mistakes them for models.
+start with a dot, so no reader mistakes them for models, and the next export removes them (a staging
+folder's writer holds an flock on its `.lock` file while it lives, so a live export's is never touched).
 
 No torch here: `python -m export list` and `rollback` stay cheap.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,6 +29,8 @@ from namegen import contract
 from namegen.contract import MANIFEST_FILE, VERSION_FILES, VERSION_FORMAT, fsync_dir, versions
 
 from .errors import ExportError
+
+STALE_UNLOCKED_S = 3600  # a leftover without a lock file (killed between mkdtemp and the lock) after this
 
 
 class RegistryError(ExportError):
@@ -102,6 +107,7 @@ class Staging:
     name: str
     version: str
     path: Path
+    lock: int | None = None  # a descriptor holding an flock on path's .lock file while this process writes
 
     @property
     def created_at(self) -> str:
@@ -118,15 +124,75 @@ def _next_version(root: Path, name: str) -> str:
 
 
 def stage(root: Path, name: str) -> Staging:
-    """Pick the next version of `name` and make an empty temporary folder in `root` to write it into."""
+    """Pick the next version of `name` and make an empty temporary folder in `root` to write it into,
+    after removing what killed exports left behind."""
     check_name(name)
+    remove_leftovers(root)
     version = _next_version(root, name)
     path = Path(tempfile.mkdtemp(dir=root, prefix=f".staging-{name}-{version}-"))
-    return Staging(root, name, version, path)
+    lock = os.open(_lock_file(path), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return Staging(root, name, version, path, lock)
 
 
 def discard(staging: Staging) -> None:
     shutil.rmtree(staging.path, ignore_errors=True)
+    _release(staging)
+
+
+def _lock_file(staging_path: Path) -> Path:
+    return staging_path.with_name(staging_path.name + ".lock")
+
+
+def _release(staging: Staging) -> None:
+    if staging.lock is not None:
+        _lock_file(staging.path).unlink(missing_ok=True)
+        os.close(staging.lock)
+        staging.lock = None
+
+
+def _writer_alive(lock_file: Path) -> bool:
+    """Whether a live process holds the flock on this staging folder's lock file."""
+    try:
+        fd = os.open(lock_file, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_leftovers(root: Path) -> list[str]:
+    """Remove what killed exports and prunes left: staging folders whose writer is gone, half-deleted
+    `.trash-*` folders, stale `.LATEST.*.tmp` files. Returns their names."""
+    removed, old = [], time.time() - STALE_UNLOCKED_S
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".staging-") and entry.suffix != ".lock":
+            lock = _lock_file(entry)
+            if _writer_alive(lock) or (not lock.exists() and entry.stat().st_mtime > old):
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+        elif entry.name.startswith(".trash-"):
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            removed += [f"{entry.name}/{tmp.name}" for tmp in _stale_latest_files(entry, old)]
+            continue
+        removed.append(entry.name)
+    return removed
+
+
+def _stale_latest_files(model_dir: Path, older_than: float) -> list[Path]:
+    if not model_dir.is_dir() or not contract.is_model_name(model_dir.name):
+        return []
+    stale = [p for p in model_dir.glob(".LATEST.*.tmp") if p.stat().st_mtime < older_than]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def publish(staging: Staging, keep: int | None = None,
@@ -136,7 +202,13 @@ def publish(staging: Staging, keep: int | None = None,
     `_fault(step)` is called at "staged" (files fsynced, not yet renamed) and "renamed" (version in
     place, LATEST not yet moved): tests raise or stall there to show a failure leaves a sound registry.
     """
-    fault = _fault or (lambda step: None)
+    try:
+        return _publish(staging, keep, _fault or (lambda step: None))
+    finally:
+        _release(staging)
+
+
+def _publish(staging: Staging, keep: int | None, fault: Callable[[str], None]) -> Path:
     target = staging.root / staging.name / staging.version
     try:
         missing = [f for f in VERSION_FILES if not (staging.path / f).is_file()]
@@ -174,7 +246,7 @@ def prune(root: Path, name: str, keep: int) -> list[str]:
         # Rename first, so a half-deleted folder never looks like a version.
         trash = root / f".trash-{name}-{version}-{secrets.token_hex(4)}"
         os.rename(root / name / version, trash)
-        shutil.rmtree(trash)
+        shutil.rmtree(trash, ignore_errors=True)  # what is left, the next export removes
     if doomed:
         fsync_dir(root / name)
     return doomed

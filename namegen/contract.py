@@ -52,6 +52,7 @@ MAX_NAME_LENGTH = 64  # characters, prefix included: what sampling may produce a
 MAX_VOCAB = 32767  # serving keeps tokens as int16
 MAX_BLOCK_SIZE = 1024  # context characters
 MAX_LATEST_BYTES = 256  # a version name and a newline, with room to spare
+MAX_MANIFEST_BYTES = 16 * 2**20
 
 
 class ContractError(ValueError):
@@ -189,11 +190,13 @@ def validate_manifest(data, where: str) -> Manifest:
 def read_manifest(version_dir: Path) -> Manifest:
     path = version_dir / MANIFEST_FILE
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ContractError(f"{path}: over {MAX_MANIFEST_BYTES >> 20} MiB")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ContractError(f"{version_dir}: no {MANIFEST_FILE}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ContractError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ContractError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     except OSError as e:
         raise ContractError(f"{path}: cannot read it ({e.strerror})") from None
     return validate_manifest(data, str(path))

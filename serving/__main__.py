@@ -4,13 +4,10 @@ from __future__ import annotations
 import logging
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from .backends import BackendError, check_device
 from .settings import Settings
-
-DRAIN_SECONDS = 30  # SIGTERM: stop accepting, finish what is in flight for at most this long
 
 
 def main() -> None:
@@ -26,9 +23,9 @@ def main() -> None:
         sys.exit(2)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .app import create_app
+    from .http_server import serve
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=DRAIN_SECONDS)
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":

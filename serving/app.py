@@ -17,6 +17,7 @@ from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger("namegen.app")
+ROUTERS = (generate, score, models, ops, admin)
 
 
 @asynccontextmanager
@@ -58,9 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.settings, app.state.manager, app.state.metrics = settings, manager, metrics
     errors.install(app)
-    for module in (generate, score, models, ops, admin):
+    for module in ROUTERS:
         app.include_router(module.router)
     # Middleware added last runs first: limits and metrics, then the fast path for /generate.
     app.add_middleware(FastPath, routes={route.path: route for route in generate.router.routes})
-    app.add_middleware(LimitAndMeasure, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    paths = {route.path for module in ROUTERS for route in module.router.routes}
+    app.add_middleware(LimitAndMeasure, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       body_timeout_s=settings.body_timeout_s, paths=paths)
     return app

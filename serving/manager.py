@@ -108,8 +108,13 @@ class ModelManager:
         self._swap(name, model, current)
         return {"status": "loaded", "version": version}
 
+    def rejected(self) -> dict[str, tuple[str, str]]:
+        """name -> (the version LATEST names, or "LATEST" when it names none; why it is not served)."""
+        return dict(self._rejected)
+
     def _reject(self, name: str, version: str, error: str) -> dict:
         """Keep serving what is served; say so once per bad LATEST content or version, not at every poll."""
+        error = error.replace(f"{self.settings.registry}/", "")  # paths within the registry, not on this host
         current = self._served.get(name)
         if self._rejected.get(name) != (version, error):
             self._rejected[name] = (version, error)

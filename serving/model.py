@@ -116,6 +116,8 @@ def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
     version_dir = Path(settings.registry) / name / version
     if not version_dir.is_dir():
         raise ContractError(f"{version_dir}: no such version folder")
+    if version_dir.is_symlink() or version_dir.resolve().parent != version_dir.parent.resolve():
+        raise ContractError(f"{version_dir}: a link, not a version folder of {name}")
     manifest = read_manifest(version_dir)
     names_file = manifest.training_names
     verify_files(version_dir, manifest, [WEIGHTS_FILE[settings.backend]] + ([names_file] if names_file else []))

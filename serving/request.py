@@ -58,6 +58,10 @@ class SampleStatus(enum.IntEnum):
     REJECTED = 2
 
 
+# As plain ints for numpy: an enum member costs a conversion in every array operation.
+PENDING, ACCEPTED, REJECTED = int(SampleStatus.PENDING), int(SampleStatus.ACCEPTED), int(SampleStatus.REJECTED)
+
+
 OnDone = Callable[[GenerationResult | BaseException], None]
 
 
@@ -117,7 +121,7 @@ class GenerationRequest:
 
     def record(self, indices: np.ndarray, names: list[str], nlls: np.ndarray, accepted: np.ndarray) -> None:
         """Record finished samples (accepted: bool per sample) and move the frontier over settled ones."""
-        self.sample_status[indices] = np.where(accepted, SampleStatus.ACCEPTED, SampleStatus.REJECTED)
+        self.sample_status[indices] = np.where(accepted, ACCEPTED, REJECTED)
         self.names[indices] = names
         self.nlls[indices] = nlls
         self.rejected += len(names) - int(np.count_nonzero(accepted))
@@ -125,20 +129,20 @@ class GenerationRequest:
         start = self.frontier
         # Acceptance in sample-index order is what makes the answer independent of batching.
         self.frontier = self.launched if not self.live else \
-            start + int(np.argmax(self.sample_status[start:self.launched] == SampleStatus.PENDING))
+            start + int(np.argmax(self.sample_status[start:self.launched] == PENDING))
         if self.params.unique:
             self._reject_repeats(start)
         else:
-            self.accepted += int(np.count_nonzero(self.sample_status[start:self.frontier] == SampleStatus.ACCEPTED))
+            self.accepted += int(np.count_nonzero(self.sample_status[start:self.frontier] == ACCEPTED))
 
     def _reject_repeats(self, start: int) -> None:
         """unique: of the samples settled since `start`, a name accepted before is rejected, in index order."""
-        newly = start + np.flatnonzero(self.sample_status[start:self.frontier] == SampleStatus.ACCEPTED)
+        newly = start + np.flatnonzero(self.sample_status[start:self.frontier] == ACCEPTED)
         for index, name in zip(newly.tolist(), self.names[newly].tolist()):
             if self.accepted >= self.params.n:
                 return
             if name in self.seen:
-                self.sample_status[index] = SampleStatus.REJECTED
+                self.sample_status[index] = REJECTED
                 self.rejected += 1
             else:
                 self.seen.add(name)
@@ -150,7 +154,7 @@ class GenerationRequest:
 
     def result(self, version: str) -> GenerationResult:
         """The first n accepted samples in index order, and their NLLs."""
-        first = np.flatnonzero(self.sample_status[: self.frontier] == SampleStatus.ACCEPTED)[: self.params.n]
+        first = np.flatnonzero(self.sample_status[: self.frontier] == ACCEPTED)[: self.params.n]
         if len(first) and first[-1] == len(first) - 1:  # nothing rejected before the last: a slice, no gather
             first = slice(0, len(first))
         names, nlls = self.names[first].tolist(), self.nlls[first].tolist()

@@ -124,8 +124,7 @@ class Scheduler:
 
     # -- the engine thread ----------------------------------------------------------------------
     def has_work(self) -> bool:
-        self._take_inbox()
-        return bool(self.rows.active or self._waiting or self._short_of_rows)
+        return bool(self.rows.active or self._waiting or self._short_of_rows or not self._inbox.empty())
 
     def schedule(self) -> Batch | None:
         """Give free rows to requests that want them; the step's inputs for every live row, or None."""

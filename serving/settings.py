@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1)  # requests waiting per model before 429
     request_timeout_s: float = Field(30.0, gt=0)  # deadline -> 504
     max_body_bytes: int = Field(1 << 20, ge=1024)  # larger bodies -> 413
+    header_timeout_s: float = Field(10.0, gt=0)  # a request's headers must arrive within this, else 408
+    body_timeout_s: float = Field(30.0, gt=0)  # and its body within this of the headers, else 408
+    keep_alive_s: float = Field(5.0, gt=0)  # idle keep-alive connections are closed after this
+    max_connections: int = Field(2048, ge=1)  # connections and requests at once; past it uvicorn answers 503
     attempts_per_name: int = Field(20, ge=1)  # rejection budget for unique / exclude_training / max_length
     watch_interval_s: float = Field(1.0, gt=0)  # how often LATEST files are polled
     admin_token: str = ""  # empty: the admin API is disabled

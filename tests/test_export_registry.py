@@ -172,3 +172,24 @@ def test_registry_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             env={**os.environ})
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_the_next_export_removes_what_a_killed_one_left_but_never_a_live_ones(tmp_path):
+    old = _publish(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_PUBLISHER, str(tmp_path), "staged"], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "staged"
+    live = registry.stage(tmp_path, "mlp")  # another export, writing now, while the first one stalls
+    assert len([p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith(".staging-")]) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    (tmp_path / ".trash-mlp-x-1234").mkdir()  # a prune killed halfway through deleting
+    (tmp_path / "mlp" / ".LATEST.abc.tmp").write_text(old)
+    os.utime(tmp_path / "mlp" / ".LATEST.abc.tmp", (0, 0))  # long ago
+    removed = registry.remove_leftovers(tmp_path)
+    assert len(removed) == 3 and ".trash-mlp-x-1234" in removed and "mlp/.LATEST.abc.tmp" in removed
+    assert live.path.is_dir()  # its writer is alive: untouched
+    registry.discard(live)
+    _assert_sound(tmp_path, "mlp", old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp"] and sorted(os.listdir(tmp_path / "mlp")) == \
+        sorted([old, "LATEST"])

@@ -103,6 +103,11 @@ def test_health_ready_and_metrics(http):
     ({"prefix": "Zo9!"}, "prefix", "'!', '9', 'Z'"),
     ({"unique": "perhaps"}, "unique", "valid boolean"),
     ({"temprature": 1}, "temprature", "Extra inputs"),
+    ({"n": True}, "n", "valid integer"),  # strict: a boolean is no count
+    ({"n": 3.0}, "n", "valid integer"),
+    ({"unique": "yes"}, "unique", "valid boolean"),
+    ({"exclude_training": 0}, "exclude_training", "valid boolean"),
+    ({"seed": "7"}, "seed", "valid integer"),
 ])
 def test_invalid_generate_fields_are_422_naming_the_field(http, body, field, words):
     response = http.post("/v1/generate", json=body)
@@ -153,7 +158,21 @@ def test_generate_answers_alike_on_the_short_path_and_through_fastapi(http):
     assert short.headers["content-type"] == routed.headers["content-type"]
 
 
-@pytest.mark.parametrize("body", [b'{"n": 3', b"", b"[1, 2]", b'{"n": 0}', b'{"temperature": NaN}', b'{"prefix": "Zo9!"}',
+@pytest.mark.parametrize("path, body, problem", [
+    ("/v1/generate", b'{"n": 3', "Expecting ','"),
+    ("/v1/generate", b'{"prefix": "\xff"}', "not UTF-8 text (byte 0xff)"),
+    ("/v1/score", b'{"names": ["\xc3"]}', "not UTF-8 text (byte 0xc3)"),
+    ("/v1/generate", b"[" * 10_000 + b"]" * 10_000, "nested too deeply"),
+    ("/v1/score", b'{"names": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "nested too deeply"),
+])
+def test_malformed_bodies_are_one_422_naming_the_problem(http, path, body, problem):
+    response = http.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["type"] == "json_invalid" and problem in error["ctx"]["error"]
+
+
+@pytest.mark.parametrize("body", [b'{"n": 3', b"", b"[1, 2]", b"[" * 5000 + b"]" * 5000, b'{"n": true}', b'{"n": 0}', b'{"temperature": NaN}', b'{"prefix": "Zo9!"}',
                                   b'{"model": "gpt"}', b'{"prefx\\ud800": "a"}', b"\xff\xfe"])
 def test_errors_answer_alike_on_the_short_path_and_through_fastapi(http, body):
     # Both call the route's one parse-validate-run function (serving/api/generate.py), errors included.

@@ -176,6 +176,6 @@ def test_sigterm_drains_requests_in_flight(served_registry, start_server):
     server.process.send_signal(signal.SIGTERM)
     thread.join()
     assert result["response"].status_code == 200 and len(result["response"].json()["names"]) == 4000
-    # uvicorn re-raises the signal once drained, so a supervisor sees the process end by SIGTERM
-    assert server.process.wait(60) in (0, -signal.SIGTERM)
+    # drained, then exit status 0: a supervisor sees a clean stop, not a process killed by its signal
+    assert server.process.wait(60) == 0
     assert any("Finished server process" in line for line in server.log)

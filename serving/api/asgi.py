@@ -1,20 +1,30 @@
-"""Plain ASGI layers in front of FastAPI's per-request machinery: body limits and request metrics for
-every route, and a fast path for POST /generate, the route that many small requests hit."""
+"""Plain ASGI layers in front of FastAPI's per-request machinery: body limits, read deadlines and request
+metrics for every route, and a fast path for POST /generate, the route that many small requests hit."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from ..metrics import Metrics
 from . import generate
 
+CLIENT_GONE = 499  # as nginx counts a request whose client left before the answer
+
+
+class BodyTimeout(Exception):
+    pass
+
 
 class LimitAndMeasure:
-    """Plain ASGI middleware (cheaper than @app.middleware): 413 past the body limit, request metrics."""
+    """Plain ASGI middleware (cheaper than @app.middleware): 413 past the body limit, 408 when the body is
+    not in within body_timeout_s, and request metrics by route, 413s, 408s and clients that left included."""
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int):
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, body_timeout_s: float, paths: set[str]):
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+        self.body_timeout_s, self.paths = body_timeout_s, paths  # paths: the app's routes, for the metrics label
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -29,30 +39,64 @@ class LimitAndMeasure:
             await send(message)
 
         try:
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-                return await self._too_large(scope, receive, send_and_note)
-            if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-                body = await _read_body(receive, self.max_body_bytes)  # chunked: no length to check up front
-                if body is None:
-                    return await self._too_large(scope, receive, send_and_note)
-                receive = _replay(body)
-            await self.app(scope, receive, send_and_note)
+            await self._serve(scope, _within(receive, self.body_timeout_s), send_and_note)
+        except ClientDisconnect:  # it is not answered: its body never arrived whole
+            status = CLIENT_GONE
+        except BodyTimeout:
+            if status == 500:  # nothing sent yet
+                await self._refuse(408, f"the request body did not arrive within {self.body_timeout_s:g} s",
+                                   scope, send_and_note)
         finally:
             route = scope.get("route")
-            path = route.path if route is not None else "unmatched"
+            path = route.path if route is not None else scope["path"] if scope["path"] in self.paths else "unmatched"
             self.metrics.requests.labels(path, str(status)).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)
 
-    async def _too_large(self, scope, receive, send) -> None:
-        await JSONResponse({"detail": f"request body over {self.max_body_bytes} bytes"}, 413)(scope, receive, send)
+    async def _serve(self, scope, receive, send) -> None:
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            return await self._refuse(413, f"request body over {self.max_body_bytes} bytes", scope, send)
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            body = await read_body(receive, self.max_body_bytes)  # chunked: no length to check up front
+            if body is None:
+                return await self._refuse(413, f"request body over {self.max_body_bytes} bytes", scope, send)
+            receive = _replay(body)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(status: int, detail: str, scope, send) -> None:
+        # The rest of the body is not read: the connection closes after the answer.
+        response = JSONResponse({"detail": detail}, status, headers={"connection": "close"})
+        await response(scope, _replay(b""), send)
 
 
-async def _read_body(receive, limit: float = float("inf")) -> bytes | None:
-    """The whole request body, or None once it is over `limit` bytes."""
+def _within(receive, timeout_s: float):
+    """receive() with a deadline for the request body's chunks; after the last one, receive() as it is."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    body_done = False
+
+    async def timed_receive():
+        nonlocal body_done
+        if body_done:
+            return await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise BodyTimeout from None
+        body_done = message["type"] != "http.request" or not message.get("more_body")
+        return message
+    return timed_receive
+
+
+async def read_body(receive, limit: float = float("inf")) -> bytes | None:
+    """The whole request body, or None once it is over `limit` bytes; ClientDisconnect if the client left
+    before sending it all."""
     chunks, size = [], 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
         chunks.append(message.get("body", b""))
         size += len(chunks[-1])
         if size > limit:
@@ -89,7 +133,7 @@ class FastPath:
             return await self.app(scope, receive, send)
         scope["route"] = route  # as the router would set it: LimitAndMeasure labels metrics with it
         state = scope["app"].state  # set by Starlette before its middleware runs
-        response = await generate.answer(await _read_body(receive), content_type.decode("latin-1"), state.manager,
+        response = await generate.answer(await read_body(receive), content_type.decode("latin-1"), state.manager,
                                          state.settings, state.metrics)
         await response(scope, receive, send)
 

@@ -7,23 +7,20 @@ route that many small requests hit) both call it, so they answer alike, errors i
 from __future__ import annotations
 
 import asyncio
-import email.message
-import json
 import random
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
 from ..engine import EngineStopped, GenerationResult, SamplingParams
 from ..manager import ModelManager
 from ..metrics import Metrics
 from ..settings import Settings
+from .body import read_body
 from .deps import ManagerDep, MetricsDep, SettingsDep
 from .errors import ANSWERED, RETRY_AFTER, ApiError, error_response
-from .schemas import GenerateRequest, GenerateResponse
+from .schemas import GenerateRequest, GenerateResponse, error_responses, json_body
 
 SUBMIT_TRIES = 3  # a reload may retire the engine between lookup and submit
 
@@ -33,41 +30,6 @@ class FastJSONResponse(JSONResponse):
 
     def render(self, content) -> bytes:
         return orjson.dumps(content)
-
-
-def parse_body(body: bytes, content_type: str | None) -> GenerateRequest:
-    """The request body as FastAPI reads a JSON body into a model, with its errors (RequestValidationError)."""
-    if not body:
-        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
-    if not _is_json(content_type):
-        raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "input": body.decode(
-            "utf-8", "replace"), "msg": "Input should be a valid dictionary or object to extract fields from"}])
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:  # Python's parser as FastAPI's: NaN, Infinity, lone surrogates, its messages
-        try:
-            data = json.loads(body)
-        except json.JSONDecodeError as e:
-            raise RequestValidationError([{"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error",
-                                           "input": {}, "ctx": {"error": e.msg}}]) from None
-        except UnicodeDecodeError:  # bytes no JSON text can hold
-            raise ApiError(400, "There was an error parsing the body") from None
-    try:
-        return GenerateRequest.model_validate(data, from_attributes=True)
-    except ValidationError as e:
-        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])}
-                                      for error in e.errors(include_url=False)]) from None
-
-
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:  # FastAPI's strict content type: a body without one is not read as JSON
-        return False
-    if content_type.startswith("application/json"):
-        return True
-    message = email.message.Message()
-    message["content-type"] = content_type
-    subtype = message.get_content_subtype()
-    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 async def generate_names(body: GenerateRequest, manager: ModelManager, settings: Settings, metrics: Metrics) -> Response:
@@ -118,23 +80,14 @@ async def answer(body: bytes, content_type: str | None, manager: ModelManager, s
                  metrics: Metrics) -> Response:
     """From the body's bytes to the response, errors included."""
     try:
-        return await generate_names(parse_body(body, content_type), manager, settings, metrics)
+        return await generate_names(read_body(body, content_type, GenerateRequest), manager, settings, metrics)
     except ANSWERED as e:
         return error_response(e)
 
 
 router = APIRouter(tags=["names"])
-DOCUMENTED = dict(
-    response_model=GenerateResponse,
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": GenerateRequest.model_json_schema()}}}},
-    responses={404: {"description": "unknown model"},
-               422: {"description": "a field is invalid; `detail` names it", "content": {"application/json": {
-                   "schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}},
-               429: {"description": "too many requests waiting; see Retry-After"},
-               503: {"description": "not ready or reloading; see Retry-After"},
-               504: {"description": "the deadline passed"}},
-)
+DOCUMENTED = dict(response_model=GenerateResponse, openapi_extra=json_body(GenerateRequest),
+                  responses=error_responses(404, 413, 422, 429, 503, 504))
 
 
 @router.post("/v1/generate", **DOCUMENTED)

@@ -4,16 +4,18 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from .deps import ManagerDep, SettingsDep
-from .schemas import ModelInfo, ModelsResponse
+from .schemas import ModelInfo, ModelsResponse, RejectedVersion
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/v1/models", response_model=ModelsResponse)
+@router.api_route("/v1/models", methods=["GET", "HEAD"], response_model=ModelsResponse)
 async def list_models(manager: ManagerDep, settings: SettingsDep) -> ModelsResponse:
     infos = [ModelInfo(name=name, version=s.model.version, type=s.model.manifest.model_type,
                        vocab=list(s.model.vocab), block_size=s.model.block_size, metrics=s.model.manifest.metrics,
                        backend=settings.backend, device=settings.device,
                        logits_table=s.model.runner.logits_table is not None)
              for name, s in sorted(manager.served().items())]
-    return ModelsResponse(default=manager.default_name, models=infos)
+    rejected = [RejectedVersion(model=name, version=version, error=error)
+                for name, (version, error) in sorted(manager.rejected().items())]
+    return ModelsResponse(default=manager.default_name, models=infos, rejected=rejected)

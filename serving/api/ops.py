@@ -2,30 +2,32 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .deps import ManagerDep, MetricsDep, SettingsDep
+from .deps import ManagerDep, MetricsDep
 from .errors import RETRY_AFTER
+from .schemas import error_responses
 
 router = APIRouter(tags=["ops"])
 
 
-@router.get("/healthz")
+@router.api_route("/healthz", methods=["GET", "HEAD"])
 async def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-async def readyz(manager: ManagerDep, settings: SettingsDep):
+@router.api_route("/readyz", methods=["GET", "HEAD"], responses=error_responses(503))
+async def readyz(manager: ManagerDep):
     versions = {name: s.model.version for name, s in manager.served().items()}
     if manager.ready():
         return {"status": "ready", "models": versions}
     missing = [name for name in manager.wanted_names() if name not in versions]
-    return JSONResponse({"status": "not ready", "models": versions, "waiting_for": missing,
-                         "registry": str(settings.registry)}, 503, headers=RETRY_AFTER)
+    return JSONResponse({"status": "not ready", "models": versions, "waiting_for": missing}, 503,
+                        headers=RETRY_AFTER)
 
 
-@router.get("/metrics")
+@router.api_route("/metrics", methods=["GET", "HEAD"], response_class=PlainTextResponse,
+                  responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
 async def prometheus_metrics(metrics: MetricsDep):
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,7 +1,7 @@
 """Request and response bodies: what the OpenAPI page documents and what 422s are made of."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
@@ -15,18 +15,19 @@ MAX_SEED = 2**63 - 1
 
 
 class GenerateRequest(BaseModel):
+    # Integers and booleans are strict: true is not 1, 0 is not false, "10" is not 10.
     model_config = ConfigDict(extra="forbid")
 
-    n: int = Field(10, ge=1, le=MAX_N, description="how many names")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same names; omitted: random, echoed")
+    n: int = Field(10, ge=1, le=MAX_N, strict=True, description="how many names")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True, description="same seed, same names; omitted: random, echoed")
     temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False, description="0 (or below 1e-30): greedy")
-    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, description="sample among the k likeliest characters")
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, strict=True, description="sample among the k likeliest characters")
     prefix: str = Field("", max_length=MAX_NAME_LENGTH, description="every name starts with it")
-    min_length: int = Field(1, ge=0, le=MAX_NAME_LENGTH, description="characters, prefix included")
-    max_length: int = Field(32, ge=1, le=MAX_NAME_LENGTH, validate_default=True,  # checks the prefix too
+    min_length: int = Field(1, ge=0, le=MAX_NAME_LENGTH, strict=True, description="characters, prefix included")
+    max_length: int = Field(32, ge=1, le=MAX_NAME_LENGTH, strict=True, validate_default=True,  # checks the prefix
                             description="characters, prefix included")
-    unique: bool = Field(False, description="no name twice in one response")
-    exclude_training: bool = Field(False, description="only names absent from the model's training list")
+    unique: bool = Field(False, strict=True, description="no name twice in one response")
+    exclude_training: bool = Field(False, strict=True, description="only names absent from the model's training list")
     model: str | None = Field(None, description="a served model's name; omitted: the default model")
 
     @field_validator("max_length")
@@ -96,6 +97,53 @@ class ModelInfo(BaseModel):
     logits_table: bool  # every context's logits precomputed at load (NAMEGEN_LOGITS_TABLE_MB)
 
 
+class RejectedVersion(BaseModel):
+    model: str
+    version: str = Field(description="the version LATEST names, or 'LATEST' when it names none")
+    error: str = Field(description="why it is not served (the model's previous version, if any, still is)")
+
+
 class ModelsResponse(BaseModel):
     default: str
     models: list[ModelInfo]
+    rejected: list[RejectedVersion] = Field(default_factory=list, description="registry entries refused")
+
+
+# -- what errors look like, for the OpenAPI page ----------------------------------------------------
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    type: str
+    loc: list[str | int] = Field(description="where: 'body', then the field's path")
+    msg: str
+    input: Any = None
+    ctx: dict | None = None
+
+
+class ValidationErrorBody(BaseModel):
+    detail: list[ValidationIssue]
+
+
+ERRORS = {
+    401: "missing or wrong bearer token",
+    403: "the admin API is disabled (NAMEGEN_ADMIN_TOKEN is unset)",
+    404: "no such model is served",
+    413: "the body is over NAMEGEN_MAX_BODY_BYTES",
+    422: "the body is malformed or a field is invalid; `detail` says where and why",
+    429: "too many requests are waiting; retry after Retry-After seconds",
+    503: "not ready yet, or the model is being reloaded; retry after Retry-After seconds",
+    504: "not done within NAMEGEN_REQUEST_TIMEOUT_S; ask for fewer names or retry",
+}
+
+
+def error_responses(*statuses: int) -> dict:
+    """FastAPI's `responses=` for these statuses, each with its body model."""
+    return {status: {"model": ValidationErrorBody if status == 422 else ErrorBody, "description": ERRORS[status]}
+            for status in statuses}
+
+
+def json_body(model: type[BaseModel]) -> dict:
+    """FastAPI's `openapi_extra=` documenting a JSON body that the route reads itself (body.read_body)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import math
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..model import LoadedModel
+from .body import read_body
 from .deps import ManagerDep
 from .generate import FastJSONResponse
-from .schemas import ScoreRequest, ScoreResponse
+from .schemas import ScoreRequest, ScoreResponse, error_responses, json_body
 
 router = APIRouter(tags=["names"])
 
@@ -29,9 +30,14 @@ def score_names(model: LoadedModel, names: list[str]) -> list[dict]:
     return results
 
 
-@router.post("/v1/score", response_model=ScoreResponse)
-@router.post("/score", response_model=ScoreResponse, include_in_schema=False)
-async def score(body: ScoreRequest, manager: ManagerDep) -> FastJSONResponse:
+DOCUMENTED = dict(response_model=ScoreResponse, openapi_extra=json_body(ScoreRequest),
+                  responses=error_responses(404, 413, 422, 503))
+
+
+@router.post("/v1/score", **DOCUMENTED)
+@router.post("/score", include_in_schema=False, **DOCUMENTED)
+async def score(request: Request, manager: ManagerDep) -> FastJSONResponse:
+    body = read_body(await request.body(), request.headers.get("content-type"), ScoreRequest)
     model = manager.get(body.model).model
     results = await run_in_threadpool(score_names, model, body.names)
     return FastJSONResponse({"model": model.name, "version": model.version, "results": results})  # ScoreResponse
