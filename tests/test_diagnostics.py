@@ -1,17 +1,13 @@
 """Lecture 3's training diagnostics: what is recorded, that it changes nothing, the figures and the report."""
 import json
 import math
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, run_module
+from conftest import run_module
 from training.cli import main
 from training.data import Dataset, load_names_file
 from training.models import ModelConfig, build_model
@@ -151,28 +147,6 @@ def test_plot_draws_every_diagnostics_figure_of_a_real_short_run(small_names_fil
     assert figures <= drawn and not ({"activations.png", "saturation.png"} - figures) & drawn
     for figure in figures:
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / figure).stat().st_size > 10_000
-
-
-def test_ctrl_c_and_resume_keep_the_diagnostics_of_an_uninterrupted_run(small_names_file, tmp_path):
-    args = [*TINY, "--steps", "2500", "--eval-every", "100", "--diagnostics-every", "50", "--seed", "3",
-            "--data", small_names_file]
-    _train_cli(tmp_path / "straight", *args)
-    out = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "training", "train", *map(str, args), "--out", str(out)],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert 0 < json.loads((out / "checkpoint.json").read_text())["training"]["completed_steps"] < 2500
-    resumed = run_module("training", "train", "--out", out, "--resume", "--quiet", "--no-plots")
-    assert resumed.returncode == 0, resumed.stderr
-    for name in ("diagnostics.json", "history.json"):
-        assert json.loads((out / name).read_text()) == json.loads((tmp_path / "straight" / name).read_text()), name
-    steps = [r["step"] for r in json.loads((out / "diagnostics.json").read_text())["records"]]
-    assert steps == [*range(0, 2500, 50), 2499]
 
 
 def test_diagnose_says_a_bigram_counts_model_has_nothing_to_diagnose(small_names_file, tmp_path):

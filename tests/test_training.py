@@ -56,8 +56,8 @@ def test_same_seed_gives_bit_identical_checkpoint(small_names_file, tmp_path):
 
 def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_bit_identical(small_names_file, tmp_path):
     # With dropout, so resuming must also restore the global generator dropout draws from.
-    args = [*TINY_MLP, "--steps", "2500", "--eval-every", "100", "--seed", "3", "--dropout", "0.1",
-            "--data", small_names_file]
+    args = [*TINY_MLP, "--steps", "2500", "--eval-every", "100", "--diagnostics-every", "50", "--seed", "3",
+            "--dropout", "0.1", "--data", small_names_file]
     straight = run_module("training", "train", *args, "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
 
@@ -79,6 +79,8 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_bit_identical(small_names
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "straight" / "model.safetensors").read_bytes()
     assert json.loads((out / "checkpoint.json").read_text())["training"]["finished"]
+    for name in ("history.json", "diagnostics.json"):  # each step's entries once, as in the straight run
+        assert json.loads((out / name).read_text()) == json.loads((tmp_path / "straight" / name).read_text()), name
 
 
 def test_checkpoint_records_what_export_and_eval_need(small_names_file, tmp_path):
