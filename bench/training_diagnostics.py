@@ -49,6 +49,15 @@ def evaluation_seconds(data: Dataset, steps: int) -> float:
     return (time.perf_counter() - start) * evaluations
 
 
+def cpu_model() -> str:
+    """machine_line names the architecture; the model name says which CPU the figure is from."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown CPU model"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU model")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30000)
@@ -72,7 +81,7 @@ def main() -> None:
     on, off = statistics.median(times["on"]), statistics.median(times["off"])
     evaluations = statistics.median(evaluation_seconds(data, args.steps) for _ in range(3))
     records = sum(is_recording_step(step, every, args.steps - 1) for step in range(args.steps))
-    print(machine_line("training_diagnostics"))
+    print(f"{machine_line('training_diagnostics')}  {cpu_model()}")
     print(f"data {source}: default mlp, {args.steps} steps x {args.rounds} interleaved rounds, "
           f"torch threads {args.threads}, diagnostics every {every} steps ({records} records a run)")
     print(f"  diagnostics off  median {off:7.2f} s  (min {min(times['off']):.2f}, max {max(times['off']):.2f})")
