@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from .api import admin, errors, generate, models, ops, score
-from .api.asgi import FastPath, LimitAndMeasure
+from .api.asgi import FastPath, HeadAsGet, LimitAndMeasure
 from .manager import ModelManager
 from .metrics import Metrics
 from .settings import Settings
@@ -61,8 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in ROUTERS:
         app.include_router(module.router)
-    # Middleware added last runs first: limits and metrics, then the fast path for /generate.
+    # Middleware added last runs first: limits and metrics, HEAD, then the fast path for /generate.
     app.add_middleware(FastPath, routes={route.path: route for route in generate.router.routes})
+    app.add_middleware(HeadAsGet)
     paths = {route.path for module in ROUTERS for route in module.router.routes}
     app.add_middleware(LimitAndMeasure, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        body_timeout_s=settings.body_timeout_s, paths=paths)

@@ -1,9 +1,11 @@
-"""No input may produce a 5xx: schemathesis fuzzes every documented operation of a real server."""
+"""Schemathesis fuzzes every documented operation of a real server with every check on: no input produces a
+5xx, and every answer is one the OpenAPI document describes."""
 import httpx
+import pytest
 import schemathesis
-from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 
+from conftest import ServerProcess
 from serving.app import create_app
 
 # Valid and invalid data ("all") plus the coverage phase's boundary and wrong-type values; a fixed seed and
@@ -19,6 +21,11 @@ FUZZ_CONFIG = SchemathesisConfig.from_dict({
     "seed": 20240601,
     "generation": {"mode": "all", "max-examples": 60, "deterministic": True, "database": "none"},
     "phases": {"coverage": {"enabled": True}, "stateful": {"enabled": False}},
+    # Every check is on. A body can be schema-valid and still wrong for the model (a prefix outside its
+    # vocabulary, min_length above max_length: no JSON schema says either), so 422 is one of the documented
+    # answers to schema-valid data, as 404 (no such model), 429 and 503 are; and 401 from the admin route,
+    # since the fuzzer does not know the token.
+    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "404", "422", "429", "503"]}},
     "dictionaries": {"texts": TEXTS, "models": {"values": ["mlp", "bigram-counts"]},
                      "edge_integers": EDGE_INTEGERS, "edge_numbers": EDGE_NUMBERS},
     "parameters": {
@@ -37,12 +44,21 @@ OPENAPI = create_app().openapi()
 schema = schemathesis.openapi.from_dict(OPENAPI, config=FUZZ_CONFIG)
 
 
-def test_live_server_documents_the_fuzzed_schema(live_server):
-    assert httpx.get(live_server + "/openapi.json").json() == OPENAPI
+@pytest.fixture(scope="module")
+def fuzzed_server(served_registry):
+    """A real server with the admin API on (its token unknown to the fuzzer)."""
+    server = ServerProcess(served_registry, admin_token="not-for-the-fuzzer")
+    server.wait_ready()
+    yield server.url
+    server.stop()
+
+
+def test_live_server_documents_the_fuzzed_schema(fuzzed_server):
+    assert httpx.get(fuzzed_server + "/openapi.json").json() == OPENAPI
 
 
 @schema.parametrize()
-def test_no_request_gets_a_server_error(case, live_server):
-    # 4xx is the right answer to a bad request; only a 5xx is a bug. Generation may ask for 10,000 names, hence
-    # the generous timeout.
-    case.call_and_validate(base_url=live_server, checks=[not_a_server_error], timeout=60)
+def test_every_answer_follows_the_documented_api(case, fuzzed_server):
+    # Every check: no 5xx, only documented statuses and content types, responses matching their schemas,
+    # schema-violating requests refused. Generation may ask for 10,000 names, hence the generous timeout.
+    case.call_and_validate(base_url=fuzzed_server, timeout=60)

@@ -117,6 +117,25 @@ def _replay(body: bytes):
     return receive
 
 
+class HeadAsGet:
+    """HEAD is answered as GET without the body (RFC 9110), for every GET route, as Starlette does for
+    plain routes and FastAPI's routes do not."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 class FastPath:
     """Answers POST /generate and /v1/generate with an application/json body without FastAPI's routing,
     dependency injection and request objects, which cost more CPU than generating a name: it calls the

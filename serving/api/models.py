@@ -9,7 +9,7 @@ from .schemas import ModelInfo, ModelsResponse, RejectedVersion
 router = APIRouter(tags=["models"])
 
 
-@router.api_route("/v1/models", methods=["GET", "HEAD"], response_model=ModelsResponse)
+@router.get("/v1/models", response_model=ModelsResponse)
 async def list_models(manager: ManagerDep, settings: SettingsDep) -> ModelsResponse:
     infos = [ModelInfo(name=name, version=s.model.version, type=s.model.manifest.model_type,
                        vocab=list(s.model.vocab), block_size=s.model.block_size, metrics=s.model.manifest.metrics,

@@ -12,12 +12,12 @@ from .schemas import error_responses
 router = APIRouter(tags=["ops"])
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"])
+@router.get("/healthz")
 async def healthz():
     return {"status": "ok"}
 
 
-@router.api_route("/readyz", methods=["GET", "HEAD"], responses=error_responses(503))
+@router.get("/readyz", responses=error_responses(503))
 async def readyz(manager: ManagerDep):
     versions = {name: s.model.version for name, s in manager.served().items()}
     if manager.ready():
@@ -27,7 +27,7 @@ async def readyz(manager: ManagerDep):
                         headers=RETRY_AFTER)
 
 
-@router.api_route("/metrics", methods=["GET", "HEAD"], response_class=PlainTextResponse,
-                  responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
 async def prometheus_metrics(metrics: MetricsDep):
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

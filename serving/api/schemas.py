@@ -15,12 +15,12 @@ MAX_SEED = 2**63 - 1
 
 
 class GenerateRequest(BaseModel):
-    # Integers and booleans are strict: true is not 1, 0 is not false, "10" is not 10.
+    # Numbers and booleans are strict: true is not 1, 0 is not false, "10" is not 10.
     model_config = ConfigDict(extra="forbid")
 
     n: int = Field(10, ge=1, le=MAX_N, strict=True, description="how many names")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True, description="same seed, same names; omitted: random, echoed")
-    temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False, description="0 (or below 1e-30): greedy")
+    temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False, strict=True, description="0 (or below 1e-30): greedy")
     top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, strict=True, description="sample among the k likeliest characters")
     prefix: str = Field("", max_length=MAX_NAME_LENGTH, description="every name starts with it")
     min_length: int = Field(1, ge=0, le=MAX_NAME_LENGTH, strict=True, description="characters, prefix included")
