@@ -14,10 +14,24 @@ DATA = ROOT.parent / "shared" / "data" / "names.txt"
 RUNS = ROOT / "runs"
 
 
+def cpu_model() -> str:
+    """The CPU's model name and widest vector extension, from /proc/cpuinfo (figures differ by both)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    vector = next((name for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+                   if flag in flags), "no AVX2")
+    return f"{fields.get('model name', platform.machine())}, {vector}"
+
+
 def machine_line(name: str) -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{name}  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  {platform.platform()}  "
-            f"{platform.processor() or platform.machine()}  {os.cpu_count()} CPUs (load average {load})")
+            f"{cpu_model()}  {os.cpu_count()} CPUs (load average {load})")
 
 
 def trained_checkpoint(model: str = "mlp", *extra_args: str, data: Path = DATA, threads: int = 1) -> Path:

@@ -43,6 +43,7 @@ async def watch_registry(manager: ModelManager, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
         try:
             await run_in_threadpool(manager.refresh)
+            await run_in_threadpool(manager.release_memory_when_idle)
         except Exception:  # the watcher must outlive a bad registry state
             log.exception("registry refresh failed")
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 from typing import Callable
 
 from .model import LoadedModel
 from .output import OutputProcessor
 from .request import GenerationRequest, GenerationResult, InvalidRequest, OnDone, SamplingParams
-from .scheduler import EngineStopped, QueueFull, Scheduler
+from .scheduler import EngineStopped, QueueFull, QueueTimeout, Scheduler
 
-__all__ = ["Engine", "EngineStopped", "GenerationResult", "InvalidRequest", "QueueFull", "SamplingParams"]
+__all__ = ["Engine", "EngineStopped", "GenerationResult", "InvalidRequest", "QueueFull", "QueueTimeout",
+           "SamplingParams"]
 log = logging.getLogger("namegen.engine")
 MAX_TOP_K = 2**63 - 1  # rows hold it in an int64
 
@@ -28,15 +30,18 @@ class Engine:
     """Continuous batching for one model version, on its own thread."""
 
     def __init__(self, model: LoadedModel, max_batch_rows: int, max_queue: int, max_name_length: int,
-                 attempts_per_name: int, on_step: Callable[[int], None] | None = None, max_active_requests: int = 0):
+                 attempts_per_name: int, on_step: Callable[[int], None] | None = None, max_active_requests: int = 0,
+                 max_queued_names: int = 0, queue_timeout_s: float = math.inf):
         self.model = model
         self.attempts_per_name = attempts_per_name
         self.max_name_length = max_name_length
         self.on_step = on_step  # metrics hook: rows in this step
-        self.scheduler = Scheduler(max_batch_rows, max_queue, max_active_requests, model.block_size, max_name_length)
+        self.scheduler = Scheduler(max_batch_rows, max_queue, max_active_requests, model.block_size, max_name_length,
+                                   max_queued_names, queue_timeout_s)
         self.runner = model.runner
         self.output = OutputProcessor(model.version, model.codepoints, model.encoding, model.training_names)
         self._ids = itertools.count()
+        self.steps = 0  # steps run: the manager tells an idle engine by it
         self._wake = threading.Event()
         self._abort = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{model.name}-{model.version}", daemon=True)
@@ -64,9 +69,10 @@ class Engine:
             raise InvalidRequest(("max_length",), f"max_length must be from the prefix's length to "
                                                   f"{self.max_name_length}, not {params.max_length}",
                                  params.max_length)
-        request = GenerationRequest(next(self._ids), params, prefix_tokens, params.n * self.attempts_per_name,
-                                    on_done)
         try:
+            self.scheduler.check_room(params.n)  # refusing costs no allocation; add() checks again, locked
+            request = GenerationRequest(next(self._ids), params, prefix_tokens, params.n * self.attempts_per_name,
+                                        on_done)
             self.scheduler.add(request)
         except (QueueFull, EngineStopped) as e:
             raise type(e)(f"{self.model.name}/{self.model.version}: {e}") from None
@@ -100,6 +106,8 @@ class Engine:
     # -- the engine thread ----------------------------------------------------------------------
     def step(self) -> None:
         batch = self.scheduler.schedule()
+        if self.scheduler.expired:
+            self._shed(self.scheduler.expired)
         if batch is None:
             return
         if self.on_step:
@@ -107,6 +115,12 @@ class Engine:
         finished = self.scheduler.update_from_output(*self.runner.next_chars(batch))
         if finished is not None:
             self.scheduler.settle(self.output.process(finished))
+
+    def _shed(self, expired: list[GenerationRequest]) -> None:
+        timeout = self.scheduler.queue_timeout_s
+        for request in expired:
+            request.on_done(QueueTimeout(f"waited over {timeout:g} s for rows; the server is overloaded"))
+        expired.clear()
 
     def _run(self) -> None:
         while True:
@@ -119,6 +133,7 @@ class Engine:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
+            self.steps += 1
             try:
                 self.step()
             except Exception as e:  # a failing forward must not hang callers
@@ -128,3 +143,4 @@ class Engine:
     def _fail_all(self, error: BaseException) -> None:
         for request in self.scheduler.fail_all():
             request.on_done(error)
+

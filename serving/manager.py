@@ -5,6 +5,8 @@ that model, logs it once, counts it, and never delays any other model.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import threading
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ class ModelManager:
         self._rejected: dict[str, tuple[str, str]] = {}  # name -> (LATEST's content, why), not retried
         self._lock = threading.Lock()  # one refresh at a time
         self._registry_names: list[str] = []  # rescanned by refresh(), not on the request path
+        self._steps_seen = self._steps_trimmed = 0  # engine steps at the last watch tick and at the last trim
 
     # -- lookups (event loop) ----------------------------------------------------------------
     def served(self) -> dict[str, Served]:
@@ -127,7 +130,8 @@ class ModelManager:
         engine = Engine(model, self.settings.max_batch_rows, self.settings.max_queue, MAX_NAME_LENGTH,
                         self.settings.attempts_per_name,
                         on_step=self.metrics.rows_per_step.labels(name).observe,
-                        max_active_requests=self.settings.max_active_requests)
+                        max_active_requests=self.settings.max_active_requests,
+                        max_queued_names=self.settings.max_queued_names, queue_timeout_s=self.settings.queue_timeout_s)
         self._served[name] = Served(model, engine)  # the swap: new requests go to the new version
         self._rejected.pop(name, None)
         if current is not None:
@@ -136,6 +140,17 @@ class ModelManager:
             threading.Thread(target=self._retire, args=(current,), daemon=True).start()
         else:
             log.info("serving %s/%s", name, model.version)
+
+    def release_memory_when_idle(self) -> bool:
+        """After a burst, once every engine has been idle for a whole watch interval, give the heap pages the
+        peak took back to the system. Returns whether it did."""
+        steps = sum(served.engine.steps for served in self._served.values())
+        idle, self._steps_seen = steps == self._steps_seen, steps
+        if not idle or steps == self._steps_trimmed:
+            return False
+        self._steps_trimmed = steps
+        release_free_memory()
+        return True
 
     @staticmethod
     def _retire(old: Served) -> None:
@@ -146,3 +161,13 @@ class ModelManager:
         for served in self._served.values():
             self._retire(served)
         self._served.clear()
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
+
+
+def release_free_memory() -> None:
+    """glibc keeps freed heap pages for reuse, so a process stays at its peak size after a burst;
+    malloc_trim returns them (a no-op where there is no glibc)."""
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)

@@ -6,6 +6,7 @@ answer is the first n accepted samples in index order, so it never depends on ba
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -75,6 +76,7 @@ class GenerationRequest:
     max_attempts: int
     on_done: OnDone  # called once, on the engine thread, unless the request was cancelled
     status: RequestStatus = RequestStatus.WAITING
+    submitted_at: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set by the caller's thread; the scheduler aborts the request at its next step
     launched: int = 0  # next sample index
     live: int = 0  # rows in flight

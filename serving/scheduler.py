@@ -7,10 +7,13 @@ turns finished rows into answers.
 """
 from __future__ import annotations
 
+import math
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -24,6 +27,10 @@ class QueueFull(Exception):
 
 class EngineStopped(Exception):
     pass
+
+
+class QueueTimeout(Exception):
+    """Shed before any row was spent on it: it waited longer than the queue deadline."""
 
 
 class RowState:
@@ -91,9 +98,12 @@ class Scheduler:
     then waiting ones are admitted into what is free. Every method but `add` runs on the engine thread."""
 
     def __init__(self, max_batch_rows: int, max_queue: int, max_active_requests: int, block_size: int,
-                 max_name_length: int):
+                 max_name_length: int, max_queued_names: int = 0, queue_timeout_s: float = math.inf):
         self.max_batch_rows = max_batch_rows
-        self.max_queue = max_queue
+        self.max_queue = max_queue  # requests waiting
+        # Waiting work is bounded by its cost too: names asked for (0: no bound), and by how long it waits.
+        self.max_queued_names = max_queued_names
+        self.queue_timeout_s = queue_timeout_s
         self.max_active_requests = max_active_requests  # 0: any number; 1: one request at a time
         self.rows = RowState(max_batch_rows, block_size, max_name_length)
         self.running: dict[int, GenerationRequest] = {}  # request table: id -> request that has had rows
@@ -101,6 +111,9 @@ class Scheduler:
         self._waiting: deque[GenerationRequest] = deque()
         self._inbox: queue.SimpleQueue[GenerationRequest] = queue.SimpleQueue()  # from other threads
         self._queued = 0  # requests added that are still WAITING
+        self._queued_names = 0  # the names they ask for
+        self.expired: list[GenerationRequest] = []  # shed by schedule() for waiting too long; the engine answers
+        self.on_room: Callable[[], None] | None = None  # called (engine thread) when a request leaves the queue
         self._lock = threading.Lock()
         self.stopping = False
 
@@ -109,13 +122,20 @@ class Scheduler:
     def queue_depth(self) -> int:
         return self._queued
 
+    def check_room(self, n: int) -> None:
+        """QueueFull or EngineStopped if a request for n names could not be added now."""
+        if self.stopping:
+            raise EngineStopped("the engine is shutting down")
+        if self._queued >= self.max_queue:
+            raise QueueFull(f"{self._queued} requests are waiting")
+        if self.max_queued_names and self._queued and self._queued_names + n > self.max_queued_names:
+            raise QueueFull(f"{self._queued} requests for {self._queued_names} names are waiting")
+
     def add(self, request: GenerationRequest) -> None:
         with self._lock:
-            if self.stopping:
-                raise EngineStopped("the engine is shutting down")
-            if self._queued >= self.max_queue:
-                raise QueueFull(f"{self._queued} requests are waiting")
+            self.check_room(request.params.n)
             self._queued += 1
+            self._queued_names += request.params.n
         self._inbox.put(request)
 
     def stop_accepting(self) -> None:
@@ -161,6 +181,8 @@ class Scheduler:
             for request in [r for r in self._waiting if r.cancelled]:
                 self._leave_queue(request, RequestStatus.ABORTED)
             self._waiting = deque(r for r in self._waiting if not r.cancelled)
+        if self._waiting and self.queue_timeout_s < math.inf:
+            self._shed_expired()
         while self._waiting and free:
             if self.max_active_requests and len(self.running) >= self.max_active_requests:
                 break
@@ -178,6 +200,17 @@ class Scheduler:
         request.status = status
         with self._lock:
             self._queued -= 1
+            self._queued_names -= request.params.n
+        if self.on_room is not None:
+            self.on_room()
+
+    def _shed_expired(self) -> None:
+        """Requests at the head of the queue that waited past the deadline leave it before a row is spent."""
+        deadline = time.monotonic() - self.queue_timeout_s
+        while self._waiting and self._waiting[0].submitted_at < deadline:
+            request = self._waiting.popleft()
+            self._leave_queue(request, RequestStatus.FAILED)
+            self.expired.append(request)
 
     def _launch(self, launches: list[tuple[GenerationRequest, int]]) -> None:
         """Fill rows [active, active + sum of counts) for this step's launches: one array operation per
@@ -288,6 +321,8 @@ class Scheduler:
         pending = [r for r in {**self.running, **{r.id: r for r in self._waiting}}.values() if not r.done]
         for request in self._waiting:
             self._leave_queue(request, RequestStatus.FAILED)
+        pending += self.expired
+        self.expired = []
         for request in pending:
             request.status = RequestStatus.FAILED
         self._waiting.clear()

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     logits_table_mb: float = Field(32.0, ge=0)  # 0: never
     max_active_requests: int = Field(0, ge=0)  # requests sharing steps; 0: no limit, 1: one at a time
     max_queue: int = Field(256, ge=1)  # requests waiting per model before 429
+    max_queued_names: int = Field(65536, ge=0)  # and names those requests ask for (0: no bound)
+    queue_timeout_s: float = Field(5.0, gt=0)  # a request still waiting for rows after this is shed: 503
+    admission_wait_s: float = Field(1.0, ge=0)  # a request finding the queue full waits this long for room: 429
     request_timeout_s: float = Field(30.0, gt=0)  # deadline -> 504
     max_body_bytes: int = Field(1 << 20, ge=1024)  # larger bodies -> 413
     header_timeout_s: float = Field(10.0, gt=0)  # a request's headers must arrive within this, else 408

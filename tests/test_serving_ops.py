@@ -80,6 +80,39 @@ def test_full_queue_is_429_with_retry_after_and_deadline_is_504(served_registry,
     assert httpx.post(server.url + "/v1/generate", json={"n": 2, "seed": 1}, timeout=30).status_code == 200
 
 
+def test_overload_refuses_by_names_asked_and_sheds_what_waited_past_the_queue_deadline(served_registry,
+                                                                                      start_server):
+    server = start_server(served_registry, max_batch_rows=1, max_queued_names=1500, queue_timeout_s=0.5,
+                          admission_wait_s=0)
+    with ThreadPoolExecutor(6) as pool:
+        busy = pool.submit(httpx.post, server.url + "/v1/generate", json={"n": 3000, "seed": 1}, timeout=60)
+        time.sleep(0.3)  # it holds the one row; what comes next waits
+        waiting = [pool.submit(httpx.post, server.url + "/v1/generate", json={"n": 1000}, timeout=60)
+                   for _ in range(3)]
+        answers = [w.result() for w in waiting]
+        assert busy.result().status_code == 200
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [429, 429, 503], statuses  # one fits 1,500 queued names; it is shed at the deadline
+    refused = next(r for r in answers if r.status_code == 429)
+    assert "names are waiting" in refused.json()["detail"]
+    shed = next(r for r in answers if r.status_code == 503)
+    assert shed.headers["retry-after"] == "1" and "waited over 0.5 s" in shed.json()["detail"]
+    assert httpx.post(server.url + "/v1/generate", json={"n": 2, "seed": 1}, timeout=30).status_code == 200
+
+
+def test_requests_finding_the_queue_full_wait_in_line_for_room_instead_of_a_429(served_registry, start_server):
+    server = start_server(served_registry, max_queue=1, admission_wait_s=20)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: httpx.post(server.url + "/v1/generate", json={"n": 3000, "seed": i},
+                                                     timeout=60), range(8)))
+    assert [r.status_code for r in answers] == [200] * 8
+    quick = start_server(served_registry, max_queue=1, admission_wait_s=0)
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda i: httpx.post(quick.url + "/v1/generate", json={"n": 3000}, timeout=60)
+                                 .status_code, range(8)))
+    assert 429 in statuses
+
+
 @pytest.fixture
 def own_registry(served_registry, tmp_path):
     root = tmp_path / "registry"

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..manager import NotReady, UnknownModel
 from ..request import InvalidRequest
-from ..scheduler import QueueFull
+from ..scheduler import QueueFull, QueueTimeout
 
 RETRY_AFTER = {"Retry-After": "1"}
 
@@ -46,12 +46,14 @@ def error_response(exc: Exception) -> Response:
         return JSONResponse({"detail": str(exc)}, 503, headers=RETRY_AFTER)
     if isinstance(exc, QueueFull):
         return JSONResponse({"detail": f"too many requests waiting ({exc}); retry shortly"}, 429, headers=RETRY_AFTER)
+    if isinstance(exc, QueueTimeout):
+        return JSONResponse({"detail": str(exc)}, 503, headers=RETRY_AFTER)
     if isinstance(exc, ApiError):
         return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers)
     raise TypeError(f"no HTTP answer for {type(exc).__name__}") from exc
 
 
-ANSWERED = (RequestValidationError, InvalidRequest, UnknownModel, NotReady, QueueFull, ApiError)
+ANSWERED = (RequestValidationError, InvalidRequest, UnknownModel, NotReady, QueueFull, QueueTimeout, ApiError)
 
 
 def install(app: FastAPI) -> None:

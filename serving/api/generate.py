@@ -17,6 +17,7 @@ from ..engine import EngineStopped, GenerationResult, SamplingParams
 from ..manager import ModelManager
 from ..metrics import Metrics
 from ..settings import Settings
+from .admission import submit_when_room
 from .body import read_body
 from .deps import ManagerDep, MetricsDep, SettingsDep
 from .errors import ANSWERED, RETRY_AFTER, ApiError, error_response
@@ -37,7 +38,7 @@ async def generate_names(body: GenerateRequest, manager: ModelManager, settings:
     params = SamplingParams(n=body.n, seed=seed, temperature=body.temperature, top_k=body.top_k or 0,
                             prefix=body.prefix, min_length=body.min_length, max_length=body.max_length,
                             unique=body.unique, exclude_training=body.exclude_training)
-    name, result = await _run(body.model, params, manager, settings.request_timeout_s)
+    name, result = await _run(body.model, params, manager, settings)
     metrics.names_generated.labels(name).inc(len(result.names))
     # Plain dicts: a pydantic object per name costs more than the sampling for large n. The shape is
     # GenerateResponse's (the OpenAPI page documents it; tests check the contract).
@@ -47,8 +48,9 @@ async def generate_names(body: GenerateRequest, manager: ModelManager, settings:
 
 
 async def _run(model: str | None, params: SamplingParams, manager: ModelManager,
-               timeout_s: float) -> tuple[str, GenerationResult]:
+               settings: Settings) -> tuple[str, GenerationResult]:
     loop = asyncio.get_running_loop()
+    admit_by = loop.time() + settings.admission_wait_s
     for _ in range(SUBMIT_TRIES):
         served = manager.get(model)
         done = loop.create_future()
@@ -57,14 +59,16 @@ async def _run(model: str | None, params: SamplingParams, manager: ModelManager,
             loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
 
         try:
-            request = served.engine.submit(params, finish)
+            request = await submit_when_room(served.engine, lambda: served.engine.submit(params, finish),
+                                             max(0.0, admit_by - loop.time()))
         except EngineStopped:
             continue
         try:
-            result = await asyncio.wait_for(done, timeout_s)
+            result = await asyncio.wait_for(done, settings.request_timeout_s)
         except asyncio.TimeoutError:
             request.cancel()
-            raise ApiError(504, f"generation took longer than {timeout_s}s; ask for fewer names or retry") from None
+            raise ApiError(504, f"generation took longer than {settings.request_timeout_s}s; ask for fewer names "
+                                "or retry") from None
         except asyncio.CancelledError:  # the client went away
             request.cancel()
             raise
