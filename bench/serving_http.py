@@ -27,7 +27,7 @@ import time
 import httpx
 from dataclasses import dataclass
 
-from common import ROOT, machine_line, served_registry, trained_checkpoint
+from common import ROOT, Tally, keep_posting, machine_line, served_registry, trained_checkpoint
 
 sys.path.insert(0, str(ROOT))
 from clients.loadgen import run_load  # noqa: E402
@@ -45,35 +45,13 @@ class Load:
 
 async def raw_load(url: str, concurrency: int, n: int, duration: float, warmup_s: float = 1.0) -> Load:
     """`concurrency` keep-alive connections posting /v1/generate back to back; counts after the warm-up."""
-    host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({"n": n}).encode()
-    request = (f"POST /v1/generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    latencies, failed, names = [], [0], [0]
     start = time.perf_counter()
-    measure_from, stop_at = start + warmup_s, start + warmup_s + duration
-
-    async def client():
-        reader, writer = await asyncio.open_connection(host, int(port))
-        while (sent := time.perf_counter()) < stop_at:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length"))
-            payload = await reader.readexactly(length)
-            if sent >= measure_from:
-                if head.startswith(b"HTTP/1.1 200"):
-                    latencies.append(time.perf_counter() - sent)
-                    names[0] += len(json.loads(payload)["names"])
-                else:
-                    failed[0] += 1
-        writer.close()
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - measure_from
-    latencies.sort()
-    pick = lambda q: latencies[min(int(q * len(latencies)), len(latencies) - 1)] * 1000  # noqa: E731
-    return Load(len(latencies) / elapsed, names[0] / elapsed, {"p50": pick(0.5), "p99": pick(0.99)}, failed[0])
+    tally = Tally(start + warmup_s, count_names=lambda payload: len(json.loads(payload)["names"]))
+    await asyncio.gather(*(keep_posting(url, {"n": n}, tally.measure_from + duration, tally)
+                           for _ in range(concurrency)))
+    elapsed = time.perf_counter() - tally.measure_from
+    return Load(len(tally.latencies) / elapsed, tally.names / elapsed,
+                {"p50": tally.percentile_ms(0.5), "p99": tally.percentile_ms(0.99)}, sum(tally.refused.values()))
 
 
 def free_port() -> int:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import machine_line, served_registry, trained_checkpoint
+from common import Tally, keep_posting, machine_line, served_registry, trained_checkpoint
 from serving_http import start_server
 
 LEVELS = (1, 2, 10)
@@ -55,31 +54,8 @@ def rss_mb(pid: int) -> float:
 
 
 async def hammer(url: str, clients: int, n: int, duration: float, pid: int, warmup_s: float = 1.0) -> Level:
-    host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({"n": n}).encode()
-    request = (f"POST /v1/generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    latencies, refused, names, peak = [], {}, [0], [0.0]
-    start = time.perf_counter()
-    measure_from, stop_at = start + warmup_s, start + warmup_s + duration
-
-    async def client():
-        reader, writer = await asyncio.open_connection(host, int(port))
-        while (sent := time.perf_counter()) < stop_at:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length"))
-            payload = await reader.readexactly(length)
-            if sent < measure_from:
-                continue
-            status = int(head[9:12])
-            if status == 200:
-                latencies.append(time.perf_counter() - sent)
-                names[0] += payload.count(b'"name":')
-            else:
-                refused[status] = refused.get(status, 0) + 1
-        writer.close()
+    tally, peak, cpu = Tally(time.perf_counter() + warmup_s), [0.0], []
+    stop_at = tally.measure_from + duration
 
     async def watch_memory():
         while time.perf_counter() < stop_at:
@@ -87,18 +63,15 @@ async def hammer(url: str, clients: int, n: int, duration: float, pid: int, warm
             await asyncio.sleep(0.2)
 
     async def measure_cpu():
-        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        await asyncio.sleep(max(0.0, tally.measure_from - time.perf_counter()))
         cpu[:] = [cpu_seconds(pid), time.process_time()]
 
-    cpu: list[float] = []
-    await asyncio.gather(watch_memory(), measure_cpu(), *(client() for _ in range(clients)))
-    elapsed = time.perf_counter() - measure_from
-    server_cores = (cpu_seconds(pid) - cpu[0]) / elapsed
-    client_cores = (time.process_time() - cpu[1]) / elapsed
-    latencies.sort()
-    pick = lambda q: latencies[min(int(q * len(latencies)), len(latencies) - 1)] * 1000 if latencies else 0.0  # noqa
-    return Level(names[0] / elapsed, len(latencies), refused, pick(0.5), pick(0.99), peak[0], server_cores,
-                 client_cores)
+    await asyncio.gather(watch_memory(), measure_cpu(),
+                         *(keep_posting(url, {"n": n}, stop_at, tally) for _ in range(clients)))
+    elapsed = time.perf_counter() - tally.measure_from
+    return Level(tally.names / elapsed, len(tally.latencies), tally.refused, tally.percentile_ms(0.5),
+                 tally.percentile_ms(0.99), peak[0], (cpu_seconds(pid) - cpu[0]) / elapsed,
+                 (time.process_time() - cpu[1]) / elapsed)
 
 
 def main() -> None:
