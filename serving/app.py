@@ -66,6 +66,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(FastPath, routes={route.path: route for route in generate.router.routes})
     app.add_middleware(HeadAsGet)
     paths = {route.path for module in ROUTERS for route in module.router.routes}
-    app.add_middleware(LimitAndMeasure, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       body_timeout_s=settings.body_timeout_s, paths=paths)
+    app.add_middleware(LimitAndMeasure, metrics=metrics, max_body_bytes=settings.max_body_bytes, paths=paths)
     return app

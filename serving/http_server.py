@@ -2,7 +2,7 @@
 server needs and uvicorn leaves open, and an exit status of 0 after a graceful SIGTERM."""
 from __future__ import annotations
 
-import asyncio
+import json
 import signal
 import sys
 
@@ -14,48 +14,62 @@ from .settings import Settings
 DRAIN_SECONDS = 30  # SIGTERM: stop accepting, finish what is in flight for at most this long
 
 
-def header_timeout_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with a deadline for each request's headers: uvicorn arms no timer while
-    a request's headers arrive, so a client that sends them slowly (slowloris) holds its connection for
-    ever. Past the deadline the connection gets 408 and is closed."""
+SWEEP_S = 0.25  # how often connections are checked against the read deadlines
+BODY_TIMED_OUT = "namegen.body_timed_out"  # set in a request's scope when its body missed the deadline
 
-    class HeaderTimeoutProtocol(HttpToolsProtocol):
-        _header_timer: asyncio.TimerHandle | None = None
+
+def read_deadline_protocol(header_timeout_s: float, body_timeout_s: float) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with read deadlines: a request's headers must arrive within
+    header_timeout_s, and its body within body_timeout_s of them; past either the connection gets 408
+    and is closed. uvicorn arms no timer while a request arrives, so a client that sends it slowly
+    (slowloris) holds its connection for ever. One timer checks every connection a few times a second,
+    so a request pays for two time readings, not a timer of its own."""
+    sweeping: list = []  # the armed sweep, if any
+
+    class ReadDeadlineProtocol(HttpToolsProtocol):
+        _headers_since: float | None = None  # when the request now arriving began, until its headers are in
+        _body_since: float | None = None  # when its headers were in, until its body is
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self._arm_header_timer()
+            self._headers_since = self.loop.time()
+            if not sweeping:
+                sweeping.append(self.loop.call_later(SWEEP_S, sweep, self.loop, self.connections))
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            if self._header_timer is None:  # a request after a keep-alive pause
-                self._arm_header_timer()
+            if self._headers_since is None:  # a request after a keep-alive pause
+                self._headers_since = self.loop.time()
 
         def on_headers_complete(self) -> None:
-            self._cancel_header_timer()
+            self._headers_since, self._body_since = None, self.loop.time()
             super().on_headers_complete()
 
-        def connection_lost(self, exc) -> None:
-            self._cancel_header_timer()
-            super().connection_lost(exc)
+        def on_message_complete(self) -> None:
+            self._body_since = None
+            super().on_message_complete()
 
-        def _arm_header_timer(self) -> None:
-            self._header_timer = self.loop.call_later(timeout_s, self._headers_too_slow)
+        def overdue(self, now: float) -> str | None:
+            if self._headers_since is not None and now - self._headers_since > header_timeout_s:
+                return f"the request headers did not arrive within {header_timeout_s:g} s"
+            if self._body_since is not None and now - self._body_since > body_timeout_s and \
+                    self.cycle is not None and not self.cycle.response_started:
+                self.cycle.scope[BODY_TIMED_OUT] = True
+                return f"the request body did not arrive within {body_timeout_s:g} s"
+            return None
 
-        def _cancel_header_timer(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+    def sweep(loop, connections) -> None:
+        now = loop.time()
+        for protocol in list(connections):
+            reason = protocol.overdue(now) if isinstance(protocol, ReadDeadlineProtocol) else None
+            if reason and not protocol.transport.is_closing():
+                body = json.dumps({"detail": reason}).encode()
+                protocol.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+                protocol.transport.close()
+        sweeping[:] = [loop.call_later(SWEEP_S, sweep, loop, connections)] if connections else []
 
-        def _headers_too_slow(self) -> None:
-            self._header_timer = None
-            if self.cycle is None or self.cycle.response_complete:  # between requests: still reading headers
-                if not self.transport.is_closing():
-                    self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n"
-                                         b"connection: close\r\n\r\n")
-                    self.transport.close()
-
-    return HeaderTimeoutProtocol
+    return ReadDeadlineProtocol
 
 
 def _exit_cleanly(signum, frame) -> None:
@@ -66,7 +80,7 @@ def _exit_cleanly(signum, frame) -> None:
 
 def serve(app, settings: Settings) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            http=header_timeout_protocol(settings.header_timeout_s),
+                            http=read_deadline_protocol(settings.header_timeout_s, settings.body_timeout_s),
                             limit_concurrency=settings.max_connections,
                             timeout_keep_alive=settings.keep_alive_s, timeout_graceful_shutdown=DRAIN_SECONDS)
     signal.signal(signal.SIGTERM, _exit_cleanly)

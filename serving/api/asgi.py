@@ -2,29 +2,27 @@
 metrics for every route, and a fast path for POST /generate, the route that many small requests hit."""
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from ..http_server import BODY_TIMED_OUT
 from ..metrics import Metrics
 from . import generate
 
 CLIENT_GONE = 499  # as nginx counts a request whose client left before the answer
-
-
-class BodyTimeout(Exception):
-    pass
+REQUEST_TIMEOUT = 408
 
 
 class LimitAndMeasure:
-    """Plain ASGI middleware (cheaper than @app.middleware): 413 past the body limit, 408 when the body is
-    not in within body_timeout_s, and request metrics by route, 413s, 408s and clients that left included."""
+    """Plain ASGI middleware (cheaper than @app.middleware): 413 past the body limit, and request metrics by
+    route, 413s, clients that left (499) and bodies past the read deadline (408, answered by the server's
+    protocol: http_server.py) included."""
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int, body_timeout_s: float, paths: set[str]):
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, paths: set[str]):
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
-        self.body_timeout_s, self.paths = body_timeout_s, paths  # paths: the app's routes, for the metrics label
+        self.paths = paths  # the app's routes, for the metrics label
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -39,13 +37,9 @@ class LimitAndMeasure:
             await send(message)
 
         try:
-            await self._serve(scope, _within(receive, self.body_timeout_s), send_and_note)
+            await self._serve(scope, receive, send_and_note)
         except ClientDisconnect:  # it is not answered: its body never arrived whole
-            status = CLIENT_GONE
-        except BodyTimeout:
-            if status == 500:  # nothing sent yet
-                await self._refuse(408, f"the request body did not arrive within {self.body_timeout_s:g} s",
-                                   scope, send_and_note)
+            status = REQUEST_TIMEOUT if scope.get(BODY_TIMED_OUT) else CLIENT_GONE
         finally:
             route = scope.get("route")
             path = route.path if route is not None else scope["path"] if scope["path"] in self.paths else "unmatched"
@@ -68,25 +62,6 @@ class LimitAndMeasure:
         # The rest of the body is not read: the connection closes after the answer.
         response = JSONResponse({"detail": detail}, status, headers={"connection": "close"})
         await response(scope, _replay(b""), send)
-
-
-def _within(receive, timeout_s: float):
-    """receive() with a deadline for the request body's chunks; after the last one, receive() as it is."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    body_done = False
-
-    async def timed_receive():
-        nonlocal body_done
-        if body_done:
-            return await receive()
-        try:
-            async with asyncio.timeout_at(deadline):
-                message = await receive()
-        except TimeoutError:
-            raise BodyTimeout from None
-        body_done = message["type"] != "http.request" or not message.get("more_body")
-        return message
-    return timed_receive
 
 
 async def read_body(receive, limit: float = float("inf")) -> bytes | None:
