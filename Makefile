@@ -36,7 +36,7 @@ train: $(foreach m,$(MODELS),$(RUN_DIR)/$(m)/.trained)
 export: $(foreach m,$(MODELS),$(REGISTRY)/$(m)/LATEST)
 
 run: export
-	@echo "serving $(MODELS) from $(REGISTRY) on http://127.0.0.1:8000 (docs at /docs); Ctrl-C stops it"
+	@echo "serving $(MODELS) from $(REGISTRY) on http://127.0.0.1:8000 (open it in a browser: the page at /, the API docs at /docs); Ctrl-C stops it"
 	NAMEGEN_REGISTRY=$(REGISTRY) $(PY) -m serving
 
 # The best model (README, "The best model"): wavenets with different seeds trained side by side, one
@@ -57,10 +57,12 @@ best: setup
 
 bench: setup
 	$(PY) bench/quality.py
+	$(PY) bench/training_diagnostics.py
 	$(PY) bench/export_speed.py
 	$(PY) bench/serving_engine.py
 	$(PY) bench/serving_http.py
 	$(PY) bench/serving_startup.py
+	$(PY) bench/serving_overload.py
 
 clean:
 	rm -rf $(VENV) runs $(REGISTRY)

@@ -95,7 +95,8 @@ class FinishedRows:
 
 class Scheduler:
     """Requests wait in arrival order; each step, running requests short of rows are topped up first,
-    then waiting ones are admitted into what is free. Every method but `add` runs on the engine thread."""
+    then waiting ones are admitted into what is free. The methods under "from other threads" may be called
+    from any thread; the rest run on the engine thread."""
 
     def __init__(self, max_batch_rows: int, max_queue: int, max_active_requests: int, block_size: int,
                  max_name_length: int, max_queued_names: int = 0, queue_timeout_s: float = math.inf):

@@ -38,11 +38,11 @@ async def generate_names(body: GenerateRequest, manager: ModelManager, settings:
     params = SamplingParams(n=body.n, seed=seed, temperature=body.temperature, top_k=body.top_k or 0,
                             prefix=body.prefix, min_length=body.min_length, max_length=body.max_length,
                             unique=body.unique, exclude_training=body.exclude_training)
-    name, result = await _run(body.model, params, manager, settings)
-    metrics.names_generated.labels(name).inc(len(result.names))
+    model_name, result = await _run(body.model, params, manager, settings)
+    metrics.names_generated.labels(model_name).inc(len(result.names))
     # Plain dicts: a pydantic object per name costs more than the sampling for large n. The shape is
     # GenerateResponse's (the OpenAPI page documents it; tests check the contract).
-    return FastJSONResponse({"model": name, "version": result.version, "seed": seed,
+    return FastJSONResponse({"model": model_name, "version": result.version, "seed": seed,
                              "names": [{"name": name, "nll": nll} for name, nll in zip(result.names, result.nlls)],
                              "exhausted": result.exhausted})
 
