@@ -10,14 +10,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from .api import admin, errors, generate, models, ops, score
+from .api import admin, errors, generate, models, ops, page, score
 from .api.asgi import FastPath, HeadAsGet, LimitAndMeasure
 from .manager import ModelManager
 from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger("namegen.app")
-ROUTERS = (generate, score, models, ops, admin)
+ROUTERS = (generate, score, models, ops, admin, page)
+DESCRIPTION = ("Character-level name generation and scoring. [The page](/) uses every route below from the "
+               "browser; the same reference as [Swagger UI](/docs) and as [ReDoc](/redoc).")
 
 
 @asynccontextmanager
@@ -54,10 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     manager = ModelManager(settings, metrics)
     metrics.watch(manager)
     # FastAPI's native OpenTelemetry is off: metrics are Prometheus's (/metrics), and its per-request
-    # provider lookups cost more than a small generation.
-    app = FastAPI(title="namegen", version="0.1.0", lifespan=lifespan,
-                  description="Character-level name generation and scoring.",
-                  telemetry={"tracing": False, "metrics": False, "logs": False})
+    # provider lookups cost more than a small generation. /docs and /redoc are api/page.py's: offline.
+    app = FastAPI(title="namegen", version="0.1.0", lifespan=lifespan, description=DESCRIPTION,
+                  docs_url=None, redoc_url=None, telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.settings, app.state.manager, app.state.metrics = settings, manager, metrics
     errors.install(app)
     for module in ROUTERS:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,23 @@ def run_module(module: str, *args, timeout: float = 300, env: dict | None = None
     """`python -m module args...` from the repository root, output captured as text."""
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})}, **kw)
+
+
+def apt_install(packages: list[str], missing: list[str]) -> None:
+    """Debian packages from apt-get, for a test that needs what `missing` names; the test is skipped,
+    saying why, where they cannot be installed (no root, no apt-get)."""
+    if os.geteuid() != 0:
+        pytest.skip(f"{', '.join(missing)} not installed, and installing them needs root")
+    if shutil.which("apt-get") is None:
+        pytest.skip(f"{', '.join(missing)} not installed, and there is no apt-get to install them")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=300"]
+    for command, timeout in ((["update", "-q"], 600), (["install", "-y", "-q", *packages], 900)):
+        done = subprocess.run(["apt-get", *lock, *command], env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise AssertionError(f"apt-get {' '.join(command)} exited {done.returncode}:\n{done.stdout[-3000:]}\n"
+                                 f"{done.stderr[-3000:]}")
 
 
 @pytest.fixture(scope="session")

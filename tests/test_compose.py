@@ -29,6 +29,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import apt_install
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("NAMEGEN_TEST_CACHE", "/var/cache/namegen-test"))
 DEBIAN_MIRROR = os.environ.get("NAMEGEN_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -92,14 +94,7 @@ def container_tools() -> float:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if not missing:
         return 0.0
-    if os.geteuid() != 0:
-        pytest.skip(f"{', '.join(missing)} not installed, and installing them needs root")
-    if shutil.which("apt-get") is None:
-        pytest.skip(f"{', '.join(missing)} not installed, and there is no apt-get to install them")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=300"]
-    run(["apt-get", *lock, "update", "-q"], env=env, timeout=600)
-    run(["apt-get", *lock, "install", "-y", "-q", *TOOLS], env=env, timeout=900)
+    apt_install(list(TOOLS), missing)
     return time.monotonic() - started
 
 
