@@ -17,6 +17,7 @@ from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger("namegen.app")
+GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (Python's default: 700)
 ROUTERS = (generate, score, models, ops, admin, page)
 DESCRIPTION = ("Character-level name generation and scoring. [The page](/) uses every route below from the "
                "browser; the same reference as [Swagger UI](/docs) and as [ReDoc](/redoc).")
@@ -34,6 +35,10 @@ async def lifespan(app: FastAPI):
     # request (in process, a quarter of the engine's names/s). A version replaced later is freed by
     # reference counting alone (tested), so freezing it does not keep it.
     gc.freeze()
+    # Then collections run a tenth as often: a 1,000-name answer allocates 1,000 dicts, a young collection
+    # each, and under load every older one walks what all waiting requests hold (measured: about 4% of the
+    # server's time at 10x overload, 0.04% with this).
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
     watcher = asyncio.create_task(watch_registry(manager, settings.watch_interval_s))
     yield
     watcher.cancel()
