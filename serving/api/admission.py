@@ -20,9 +20,9 @@ class AdmissionGate:
     def room(self) -> None:
         """A request left the queue (called on the engine thread)."""
         if self.waiting:
-            self.loop.call_soon_threadsafe(self._wake_first)
+            self.loop.call_soon_threadsafe(self.wake_next)
 
-    def _wake_first(self) -> None:
+    def wake_next(self) -> None:
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -63,8 +63,12 @@ async def submit_when_room(engine: Engine, submit, wait_s: float):
                     refused = e
             async with asyncio.timeout_at(deadline):
                 await waiter
-        except TimeoutError:
-            raise QueueFull(f"{refused}, and no room came within {wait_s:g} s") from None
+        except BaseException as e:  # out of time, or its client went away
+            if waiter.done() and not waiter.cancelled():  # woken as it leaves: the room is the next one's
+                gate.wake_next()
+            if isinstance(e, TimeoutError):
+                raise QueueFull(f"{refused}, and no room came within {wait_s:g} s") from None
+            raise
         finally:
             gate.waiting -= 1
             waiter.cancel()

@@ -1,5 +1,6 @@
-"""Plain ASGI layers in front of FastAPI's per-request machinery: body limits, read deadlines and request
-metrics for every route, and a fast path for POST /generate, the route that many small requests hit."""
+"""Plain ASGI layers in front of FastAPI's per-request machinery: body limits and request metrics for every
+route, HEAD as GET, and a fast path for POST /generate, the route that many small requests hit. (Read
+deadlines are the server protocol's: http_server.py.)"""
 from __future__ import annotations
 
 import time
