@@ -157,6 +157,8 @@ def _writer_alive(lock_file: Path) -> bool:
         fd = os.open(lock_file, os.O_RDWR)
     except FileNotFoundError:
         return False
+    except OSError:  # not ours to open (another user's export): leave its folder alone
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False
@@ -173,8 +175,8 @@ def remove_leftovers(root: Path) -> list[str]:
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".staging-") and entry.suffix != ".lock":
             lock = _lock_file(entry)
-            if _writer_alive(lock) or (not lock.exists() and entry.stat().st_mtime > old):
-                continue
+            if _writer_alive(lock) or (not lock.exists() and _modified(entry, default=old + 1) > old):
+                continue  # alive, just made by an export not yet holding its lock, or gone meanwhile
             shutil.rmtree(entry, ignore_errors=True)
             lock.unlink(missing_ok=True)
         elif entry.name.startswith(".trash-"):
@@ -186,10 +188,18 @@ def remove_leftovers(root: Path) -> list[str]:
     return removed
 
 
+def _modified(path: Path, default: float) -> float:
+    """path's mtime; `default` if a concurrent export renamed or removed it meanwhile."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return default
+
+
 def _stale_latest_files(model_dir: Path, older_than: float) -> list[Path]:
     if not model_dir.is_dir() or not contract.is_model_name(model_dir.name):
         return []
-    stale = [p for p in model_dir.glob(".LATEST.*.tmp") if p.stat().st_mtime < older_than]
+    stale = [p for p in model_dir.glob(".LATEST.*.tmp") if _modified(p, default=older_than) < older_than]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
