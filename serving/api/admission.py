@@ -72,4 +72,6 @@ async def submit_when_room(engine: Engine, submit, wait_s: float):
         finally:
             gate.waiting -= 1
             waiter.cancel()
+            if not gate.waiting:  # the line is empty: drop what it still holds of those who left
+                gate.waiters.clear()
         woken = True
