@@ -34,7 +34,9 @@ class FastJSONResponse(JSONResponse):
 
 
 async def generate_names(body: GenerateRequest, manager: ModelManager, settings: Settings, metrics: Metrics) -> Response:
-    seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**63)
+    # A seed for the answer to report, not a secret: the process's generator (seeded from the OS at start)
+    # instead of a system call per request, which every refused request under overload paid too.
+    seed = body.seed if body.seed is not None else random.getrandbits(63)
     params = SamplingParams(n=body.n, seed=seed, temperature=body.temperature, top_k=body.top_k or 0,
                             prefix=body.prefix, min_length=body.min_length, max_length=body.max_length,
                             unique=body.unique, exclude_training=body.exclude_training)
