@@ -55,6 +55,23 @@ async def watch_registry(manager: ModelManager, interval_s: float) -> None:
             log.exception("registry refresh failed")
 
 
+class ServingApp(FastAPI):
+    """FastAPI with the plain ASGI layers of api/asgi.py in front of its whole middleware stack rather than
+    inside it: the fast path for /generate then skips FastAPI's error, telemetry and body-limit layers too
+    (each wraps every send), and the limits and metrics see every request first."""
+
+    front = None  # LimitAndMeasure(HeadAsGet(FastPath(FastAPI's own __call__))), set by create_app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+        scope["app"] = self  # as Starlette sets it: the layers read app.state from it
+        await self.front(scope, receive, send)
+
+    async def behind_front(self, scope, receive, send):
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -62,15 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.watch(manager)
     # FastAPI's native OpenTelemetry is off: metrics are Prometheus's (/metrics), and its per-request
     # provider lookups cost more than a small generation. /docs and /redoc are api/page.py's: offline.
-    app = FastAPI(title="namegen", version="0.1.0", lifespan=lifespan, description=DESCRIPTION,
-                  docs_url=None, redoc_url=None, telemetry={"tracing": False, "metrics": False, "logs": False})
+    app = ServingApp(title="namegen", version="0.1.0", lifespan=lifespan, description=DESCRIPTION,
+                     docs_url=None, redoc_url=None, telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.settings, app.state.manager, app.state.metrics = settings, manager, metrics
     errors.install(app)
     for module in ROUTERS:
         app.include_router(module.router)
-    # Middleware added last runs first: limits and metrics, HEAD, then the fast path for /generate.
-    app.add_middleware(FastPath, routes={route.path: route for route in generate.router.routes})
-    app.add_middleware(HeadAsGet)
+    # Limits and metrics first, HEAD, then the fast path for /generate, then FastAPI.
     paths = {route.path for module in ROUTERS for route in module.router.routes}
-    app.add_middleware(LimitAndMeasure, metrics=metrics, max_body_bytes=settings.max_body_bytes, paths=paths)
+    fast = FastPath(app.behind_front, routes={route.path: route for route in generate.router.routes})
+    app.front = LimitAndMeasure(HeadAsGet(fast), metrics=metrics, max_body_bytes=settings.max_body_bytes, paths=paths)
     return app

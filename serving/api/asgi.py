@@ -127,7 +127,7 @@ class FastPath:
         if route is None or content_type.split(b";")[0].strip().lower() != b"application/json":
             return await self.app(scope, receive, send)
         scope["route"] = route  # as the router would set it: LimitAndMeasure labels metrics with it
-        state = scope["app"].state  # set by Starlette before its middleware runs
+        state = scope["app"].state  # set by app.ServingApp before these layers run
         response = await generate.answer(await read_body(receive), content_type.decode("latin-1"), state.manager,
                                          state.settings, state.metrics)
         await response(scope, receive, send)
