@@ -27,7 +27,8 @@ from pathlib import Path
 from common import ROOT, machine_line
 from serving_http import start_server
 
-from clients import NameGenClient  # importable: common puts the repository root on sys.path
+from clients import NameGenClient  # noqa: E402  (common puts the repository root on sys.path)
+from namegen.contract import model_names  # noqa: E402
 
 WRK_SCRIPT = ROOT / "bench" / "wrk_post.lua"
 DRIVERS = ("wrk", "namegen bench")
@@ -92,8 +93,12 @@ def parse_args() -> argparse.Namespace:
         p.error("--n, --connections, --duration and --rounds must be >= 1")
     if shutil.which("wrk") is None:
         p.error("wrk is not installed: apt-get install wrk (Debian package wrk)")
-    if not args.registry.is_dir():
-        p.error(f"--registry {args.registry} is not a folder")
+    published = model_names(args.registry)
+    if not published:
+        p.error(f"--registry {args.registry} holds no published model (make train export, make best)")
+    unknown = [name for name in (args.models or "").split(",") if name and name not in published]
+    if unknown:
+        p.error(f"--models {','.join(unknown)}: not in --registry {args.registry} (it holds {', '.join(published)})")
     return args
 
 
@@ -151,8 +156,8 @@ def report(runs: dict[tuple[str, str], list[Drive]], val_nll: dict[str, float | 
 
 def main() -> None:
     args = parse_args()
-    wanted = args.models.split(",") if args.models else None
-    process, url = start_server(args.registry, **({"models": args.models} if wanted else {}))
+    wanted = [name for name in (args.models or "").split(",") if name] or None
+    process, url = start_server(args.registry, **({"models": ",".join(wanted)} if wanted else {}))
     try:
         val_nll = served_models(url, wanted)
         runs = measure(url, list(val_nll), args)
