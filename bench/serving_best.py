@@ -7,10 +7,12 @@ One server (`python -m serving`) serves --models of --registry (default: every m
 in turn, wrk (C, Debian package `wrk`, posting with bench/wrk_post.lua) and `namegen bench` (the CLI as a
 user runs it) each keep --connections keep-alive connections asking for --n names for --duration seconds.
 Models and drivers are interleaved over --rounds rounds (the drivers' order alternating) and the figures are
-medians. Printed per model and driver: names/s, req/s, p50/p99 latency, failed requests and the cores the
-client itself used; the ratio of each model to --baseline under each driver; and the drivers' agreement
+medians. Printed per model and driver: names/s and the rounds' range, p50/p99 latency, failed requests,
+the cores the client itself used; the ratio of each model to --baseline under each driver; and the drivers' agreement
 (namegen bench / wrk). wrk counts n names per non-error answer (it does not read bodies); namegen bench
-counts the names it was sent. Client and server share this machine's cores.
+counts the names it was sent. wrk leaves out the answers in flight at its deadline, so at long latencies it
+reads low by about p50 / (2 x duration); namegen bench waits for them and counts their time too. Client and
+server share this machine's cores.
 """
 from __future__ import annotations
 
@@ -136,14 +138,15 @@ def report(runs: dict[tuple[str, str], list[Drive]], val_nll: dict[str, float | 
     print(machine_line("serving_best"))
     print(f"registry {args.registry}, n={args.n} x {args.connections} connections, medians of {args.rounds} "
           f"interleaved rounds of {args.duration} s, client and server on the same machine")
-    print(f"  {'model':<20} {'val NLL':>7}  {'driver':<13} {'names/s':>10} {'req/s':>8} {'p50 ms':>7} "
+    print(f"  {'model':<20} {'val NLL':>7}  {'driver':<13} {'names/s':>10} {'rounds min-max':>19} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'failed':>6} {'client cores':>12}  {'vs ' + (baseline or '-'):>20}")
     for model, nll in val_nll.items():
         for driver in DRIVERS:
             names = median(model, driver, "names_per_s")
+            spread = [d.names_per_s for d in runs[(model, driver)]]
             ratio = f"{names / median(baseline, driver, 'names_per_s'):.2f}x" if baseline else "-"
             print(f"  {model:<20} {'-' if nll is None else f'{nll:.4f}':>7}  {driver:<13} {names:>10,.0f} "
-                  f"{median(model, driver, 'requests_per_s'):>8.1f} {median(model, driver, 'p50_ms'):>7.1f} "
+                  f"{f'{min(spread):,.0f}-{max(spread):,.0f}':>19} {median(model, driver, 'p50_ms'):>7.1f} "
                   f"{median(model, driver, 'p99_ms'):>7.1f} {sum(d.failed for d in runs[(model, driver)]):>6} "
                   f"{median(model, driver, 'client_cores'):>12.2f}  {ratio:>20}")
     agreement = ", ".join(
