@@ -1,9 +1,10 @@
 """The load generators' HTTP client: keep-alive HTTP/1.1 connections posting /v1/generate back to back, and
 the tally of what they were answered.
 
-Bare asyncio streams and requests encoded once: on a 2-core machine httpx spends about 3.5 ms of CPU per
-request, more than the server, so a load generator built on an HTTP client library measures itself. This is
-the whole client of `namegen bench` (clients/loadgen.py) and of the serving benchmarks (bench/):
+An asyncio protocol and requests encoded once: on a 2-core machine httpx spends milliseconds of CPU per
+request, more than the server, so a load generator built on an HTTP client library measures itself; the
+event loop's own streams cost twice what callbacks do. This is the whole client of `namegen bench`
+(clients/loadgen.py) and of the serving benchmarks (bench/):
 
     target = Target.parse("http://127.0.0.1:8000")
     request = target.post({"n": 1000})
@@ -55,46 +56,132 @@ class Target:
 
 async def keep_posting(target: Target, next_request: Callable[[], bytes | None], answered: Answered,
                        timeout: float | None = None) -> None:
-    """One connection posting next_request() until it returns None, each answer waited for (at most
-    `timeout` seconds, connecting included) before the next request goes. An exchange that fails (refused,
-    reset, timed out, not HTTP) is answered with the exception's name and the next request reconnects."""
-    connection = None
-    while (request := next_request()) is not None:
+    """One connection posting next_request() until it returns None, each request written the moment the
+    answer before it is read (by the callback that read it: no task switch in between). At most `timeout`
+    seconds to connect, and as long for each answer. An exchange that fails (refused, reset, timed out,
+    closed mid-answer, not HTTP) is answered with the exception's name and the next request reconnects."""
+    loop = asyncio.get_running_loop()
+    request = next_request()
+    while request is not None:
         sent = time.perf_counter()
+        connection = _Connection(next_request, answered, timeout)
         try:
             async with asyncio.timeout(timeout):
-                if connection is None:
-                    connection = await asyncio.open_connection(target.host, target.port, ssl=target.tls)
-                status, payload, keep_alive = await _exchange(*connection, request)
-        except (OSError, EOFError, TimeoutError, ValueError, asyncio.LimitOverrunError) as exc:
-            answered(sent, type(exc).__name__, b"")  # IncompleteReadError is an EOFError: closed mid-answer
-            connection = _close(connection)
+                await loop.create_connection(lambda: connection, target.host, target.port, ssl=target.tls)
+        except (OSError, TimeoutError) as exc:
+            answered(sent, type(exc).__name__, b"")
+            request = next_request()
             continue
-        answered(sent, status, payload)
-        if not keep_alive:
-            connection = _close(connection)
-    _close(connection)
+        request = await connection.post(request, sent)
 
 
 class NotHTTPError(ValueError):
     pass
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    request: bytes) -> tuple[int, bytes, bool]:
-    """(status, body, whether the connection stays open) of one request."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
+class _Connection(asyncio.Protocol):
+    """One connection's exchanges, run by the event loop's callbacks. post() resolves once the connection is
+    done with: to the request still to send (on a new connection), or None when next_request() said stop."""
+
+    def __init__(self, next_request: Callable[[], bytes | None], answered: Answered, timeout: float | None):
+        self.next_request, self.answered, self.timeout = next_request, answered, timeout
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()  # what came and is not yet an answer
+        self.head: tuple[int, int | str, bool] | None = None  # status, framing, keep-alive of the answer coming
+        self.sent = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def post(self, request: bytes, sent: float) -> asyncio.Future:
+        self._write(request, sent)
+        return self.done
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            while not self.done.done() and (answer := self._answer()) is not None:
+                self._answered(*answer)
+        except ValueError as exc:  # NotHTTPError, a length or a chunk size that is not a number
+            self._fail(type(exc).__name__)
+
+    def eof_received(self) -> bool:
+        if self.head is not None and self.head[1] == "close" and not self.done.done():
+            self._answered(self.head[0], bytes(self.buffer), False)  # the body that ends with the connection
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(type(exc).__name__ if exc else "IncompleteReadError")  # nothing to do once done
+
+    def _write(self, request: bytes, sent: float) -> None:
+        self.sent = sent
+        if self.timeout is not None:
+            self.timer = asyncio.get_running_loop().call_later(self.timeout, self._fail, "TimeoutError")
+        self.transport.write(request)
+
+    def _answer(self) -> tuple[int, bytes, bool] | None:
+        """The next whole answer in the buffer, taken out of it; None until one is there."""
+        if self.head is None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return None
+            self.head = _parse_head(bytes(self.buffer[:end + 4]))
+            del self.buffer[:end + 4]
+        status, framing, keep_alive = self.head
+        if framing == "close":
+            return None  # eof_received answers
+        if framing == "chunked":
+            body = _dechunk(self.buffer)
+            if body is None:
+                return None
+            payload, used = body
+        elif len(self.buffer) < framing:
+            return None
+        else:
+            payload, used = bytes(self.buffer[:framing]), framing
+        del self.buffer[:used]
+        self.head = None
+        return status, payload, keep_alive
+
+    def _answered(self, status: int, payload: bytes, keep_alive: bool) -> None:
+        self._stop_timer()
+        self.answered(self.sent, status, payload)
+        request = self.next_request()
+        if request is None or not keep_alive:
+            self.done.set_result(request)
+            self.transport.close()
+        else:
+            self._write(request, time.perf_counter())
+
+    def _fail(self, error: str) -> None:
+        if self.done.done():
+            return
+        self._stop_timer()
+        self.answered(self.sent, error, b"")
+        self.transport.abort()
+        self.done.set_result(self.next_request())
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def _parse_head(head: bytes) -> tuple[int, int | str, bool]:
+    """(status, framing, keep-alive): framing is the Content-Length, "chunked", or "close" (the body ends
+    with the connection)."""
     if not head.startswith(b"HTTP/1.") or not head[9:12].isdigit():
         raise NotHTTPError(head[:40])
-    headers = head.lower()
-    keep_alive = b"\r\nconnection: close" not in headers
-    length = _header(headers, b"content-length")
+    lowered = head.lower()
+    status, keep_alive = int(head[9:12]), b"\r\nconnection: close" not in lowered
+    length = _header(lowered, b"content-length")
     if length is not None:
-        return int(head[9:12]), await reader.readexactly(int(length)), keep_alive
-    if _header(headers, b"transfer-encoding") == b"chunked":
-        return int(head[9:12]), await _read_chunked(reader), keep_alive
-    return int(head[9:12]), await reader.read(), False  # the body ends with the connection
+        return status, int(length), keep_alive
+    if _header(lowered, b"transfer-encoding") == b"chunked":
+        return status, "chunked", keep_alive
+    return status, "close", False
 
 
 def _header(lowered_head: bytes, name: bytes) -> bytes | None:
@@ -105,19 +192,27 @@ def _header(lowered_head: bytes, name: bytes) -> bytes | None:
     return lowered_head[start:lowered_head.index(b"\r\n", start)].strip()
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks = []
-    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-        chunks.append(await reader.readexactly(size))
-        await reader.readexactly(2)
-    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
-        pass
-    return b"".join(chunks)
-
-
-def _close(connection) -> None:
-    if connection is not None:
-        connection[1].close()
+def _dechunk(buffer: bytearray) -> tuple[bytes, int] | None:
+    """(body, bytes used) of a whole chunked body at the buffer's start, trailers included; None if the buffer
+    does not hold all of it yet."""
+    chunks, at = [], 0
+    while True:
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        size = int(bytes(buffer[at:line_end]).split(b";")[0], 16)
+        at = line_end + 2
+        if size == 0:
+            break
+        if len(buffer) < at + size + 2:
+            return None
+        chunks.append(bytes(buffer[at:at + size]))
+        at += size + 2
+    while (line_end := buffer.find(b"\r\n", at)) >= 0:  # trailers, up to an empty line
+        empty, at = line_end == at, line_end + 2
+        if empty:
+            return b"".join(chunks), at
+    return None
 
 
 def count_names(payload: bytes) -> int | None:

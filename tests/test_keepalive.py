@@ -23,8 +23,9 @@ def chunked(body: bytes) -> bytes:
 
 
 async def serve_and_post(answers: list, requests: int, timeout: float | None = 5.0, base_path: str = ""):
-    """A server answering the i-th request with answers[i] (bytes; "close" drops the connection after half
-    of the next answer; ("stall", s) waits s seconds first), one keep_posting sending `requests` requests.
+    """A server answering the i-th request with answers[i] (bytes; "close" drops the connection after part
+    of an answer; ("stall", s, bytes) waits s seconds first; ("dribble", bytes) writes 5 bytes at a time;
+    ("then close", bytes) closes after it), one keep_posting sending `requests` requests.
     Returns (tally, the request heads and bodies received, connections accepted, seconds keep_posting took)."""
     received, connections = [], [0]
 
@@ -36,9 +37,18 @@ async def serve_and_post(answers: list, requests: int, timeout: float | None = 5
                 length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                 received.append((head.decode(), json.loads(await reader.readexactly(length))))
                 answer = answers[len(received) - 1]
-                if isinstance(answer, tuple):  # ("stall", seconds, then)
+                if isinstance(answer, tuple) and answer[0] == "stall":
                     await asyncio.sleep(answer[1])
                     answer = answer[2]
+                if isinstance(answer, tuple) and answer[0] == "dribble":
+                    for at in range(0, len(answer[1]), 5):
+                        await asyncio.sleep(0.0005 if at else 0)
+                        writer.write(answer[1][at:at + 5])
+                        await writer.drain()
+                    continue
+                if isinstance(answer, tuple) and answer[0] == "then close":
+                    writer.write(answer[1])
+                    break
                 if answer == "close":
                     writer.write(sized(NAMES_3)[:40])
                     break
@@ -65,6 +75,7 @@ async def serve_and_post(answers: list, requests: int, timeout: float | None = 5
         start = time.perf_counter()
         await keep_posting(target, next_request, tally, timeout)
         took = time.perf_counter() - start
+        await asyncio.sleep(0.05)  # the handlers see the client go before the loop ends
     return tally, received, connections[0], took
 
 
@@ -76,6 +87,16 @@ def test_sized_and_chunked_bodies_are_read_whole_on_one_kept_alive_connection():
     tally, received, connections = post([sized(NAMES_3), chunked(NAMES_3), sized(NAMES_3)], 3)
     assert (len(tally.latencies), tally.names, tally.failed, connections) == (3, 9, {}, 1)
     assert [body for _, body in received] == [{"n": 3}] * 3
+
+
+def test_answers_arriving_a_few_bytes_at_a_time_are_put_together():
+    tally, _, connections = post([("dribble", sized(NAMES_3)), ("dribble", chunked(NAMES_3))], 2)
+    assert (tally.names, tally.failed, connections) == (6, {}, 1)
+
+
+def test_a_body_without_length_ends_with_the_connection_and_the_next_request_reconnects():
+    tally, _, connections = post([("then close", b"HTTP/1.1 200 OK\r\n\r\n" + NAMES_3), sized(NAMES_3)], 2)
+    assert (tally.names, tally.failed, connections) == (6, {}, 2)
 
 
 def test_an_answer_with_connection_close_is_counted_and_the_next_request_reconnects():
