@@ -252,10 +252,6 @@ class Tally:
         self.latencies.append(time.perf_counter() - sent)
         self.names += names
 
-    @property
-    def answered(self) -> int:
-        return len(self.latencies) + sum(self.failed.values())
-
     def percentile_ms(self, q: float) -> float:
         """q in percent, nearest rank, of the successful requests' latencies (nan if none succeeded)."""
         value = percentile(sorted(self.latencies), q)

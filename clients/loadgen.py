@@ -54,7 +54,7 @@ class LoadReport:
     requests: int  # measured requests, answered or failed
     ok: int  # answered 200
     names: int  # in the 200 answers
-    errors: dict[str, int]  # by status ("429") or by exception ("ConnectError")
+    errors: dict[str, int]  # by status ("429") or by what ended the exchange ("ConnectionRefusedError")
     elapsed_s: float
     requests_per_s: float  # successful requests per second; failures count in `errors`, not here
     names_per_s: float
@@ -89,8 +89,8 @@ async def run_load(url: str | None = None, *, concurrency: int = 8, requests: in
                    model: str | None | Sequence[str | None] = None, warmup: int = 0,
                    timeout: float | httpx.Timeout = 30.0, mix_seed: int = 0) -> LoadReport:
     """Send until `requests` have been sent or `duration` seconds have passed (whichever comes first; at least
-    one must be given), `concurrency` at a time, each answer waited for at most `timeout` seconds (an
-    httpx.Timeout's read timeout). Requests in flight at the deadline are waited for."""
+    one must be given), `concurrency` at a time, waiting at most `timeout` seconds (an httpx.Timeout's read
+    timeout) to connect and as long for each answer. Requests in flight at the deadline are waited for."""
     if requests is None and duration is None:
         raise ValueError("give requests or duration (or both), or the load would never stop")
     if concurrency < 1 or (requests is not None and requests < 1) or (duration is not None and duration <= 0):
