@@ -2,9 +2,9 @@
 the tally of what they were answered.
 
 An asyncio protocol and requests encoded once: on a 2-core machine httpx spends milliseconds of CPU per
-request, more than the server, so a load generator built on an HTTP client library measures itself; the
-event loop's own streams cost twice what callbacks do. This is the whole client of `namegen bench`
-(clients/loadgen.py) and of the serving benchmarks (bench/):
+request, more than the server, so a load generator built on an HTTP client library measures itself; even
+asyncio's streams cost about a quarter more per request than callbacks. This is the whole client of
+`namegen bench` (clients/loadgen.py) and of the serving benchmarks (bench/):
 
     target = Target.parse("http://127.0.0.1:8000")
     request = target.post({"n": 1000})
