@@ -29,8 +29,8 @@ from pathlib import Path
 from common import ROOT, machine_line
 from serving_http import start_server
 
-from clients import NameGenClient  # noqa: E402  (common puts the repository root on sys.path)
-from namegen.contract import model_names  # noqa: E402
+from clients import NameGenClient  # common has put the repository root on sys.path
+from namegen.contract import model_names
 
 WRK_SCRIPT = ROOT / "bench" / "wrk_post.lua"
 DRIVERS = ("wrk", "namegen bench")
@@ -109,6 +109,9 @@ def served_models(url: str, wanted: list[str] | None) -> dict[str, float | None]
     with NameGenClient(url) as client:
         listing = client.models()
     served = {m.name: m.metrics.get("val_nll") for m in listing.models}
+    for rejected in listing.raw.get("rejected", []):
+        print(f"note: the server refused {rejected.get('model')} {rejected.get('version')}: {rejected.get('error')}",
+              file=sys.stderr)
     for name in wanted or []:
         if name not in served:
             why = next((r.get("error") for r in listing.raw.get("rejected", []) if r.get("model") == name),
