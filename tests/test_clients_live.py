@@ -228,7 +228,8 @@ def test_cli_bench_exits_1_with_one_line_when_the_real_server_refuses_every_requ
 
 def test_namegen_bench_and_wrk_count_the_same_server_alike(live_server):
     """Not a speed test: two independent load generators measuring one server in turn agree within a loose
-    factor; a client counting wrong (requests for names, a lost answer per connection) is off by far more."""
+    factor (a busy shared machine moves single runs by 2x or more); one counting requests as names, or a
+    name per answer, is off by 200x."""
     if shutil.which("wrk") is None:
         apt_install(["wrk"], ["wrk"])
     wrk = subprocess.run(["wrk", "-t1", "-c4", "-d2s", "--timeout", "30s", "-s", str(ROOT / "bench" / "wrk_post.lua"),
@@ -238,7 +239,7 @@ def test_namegen_bench_and_wrk_count_the_same_server_alike(live_server):
     wrk_names_per_s = 200 * counted["requests"] / (counted["duration_us"] / 1e6)
     result, report = bench_report("-c", "4", "-n", "200", "--duration", "2", "--warmup", "4", url=live_server)
     assert result.returncode == 0 and report["errors"] == {}, result.stderr
-    assert 1 / 3 < report["names_per_s"] / wrk_names_per_s < 3
+    assert 1 / 5 < report["names_per_s"] / wrk_names_per_s < 5
 
 
 def test_sdk_and_cli_say_when_fewer_names_came_back_than_asked(client, live_server):
