@@ -1,4 +1,5 @@
-"""What every benchmark shares: the machine line, the default mlp checkpoint, a registry to serve it from."""
+"""What every benchmark shares: the machine line, the default mlp checkpoint, a registry to serve it from, and
+keep_posting (clients/keepalive.py) with one body until a deadline."""
 from __future__ import annotations
 
 import json
