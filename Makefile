@@ -63,6 +63,7 @@ bench: setup
 	$(PY) bench/serving_http.py
 	$(PY) bench/serving_startup.py
 	$(PY) bench/serving_overload.py
+	$(PY) bench/serving_loadgen.py
 
 clean:
 	rm -rf $(VENV) runs $(REGISTRY)

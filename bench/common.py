@@ -1,7 +1,7 @@
-"""What every benchmark shares: the machine line, the default mlp checkpoint, a registry to serve it from."""
+"""What every benchmark shares: the machine line, the default mlp checkpoint, a registry to serve it from, and
+keep_posting (clients/keepalive.py) with one body until a deadline."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -12,6 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from clients import keepalive  # noqa: E402
+from clients.keepalive import Tally, Target  # noqa: E402,F401  (Tally: for the benchmarks)
+
 DATA = ROOT.parent / "shared" / "data" / "names.txt"
 RUNS = ROOT / "runs"
 
@@ -55,7 +59,6 @@ def trained_checkpoint(model: str = "mlp", *extra_args: str, data: Path = DATA, 
 
 def served_registry(checkpoints: dict[str, Path]) -> Path:
     """runs/bench-registry with each checkpoint exported under its name (re-exported when retrained)."""
-    sys.path.insert(0, str(ROOT))
     from export.pipeline import export_checkpoint
     from namegen.contract import read_latest, read_manifest
 
@@ -72,42 +75,8 @@ def served_registry(checkpoints: dict[str, Path]) -> Path:
 
 
 async def keep_posting(url: str, body: dict, until: float, answered) -> None:
-    """One keep-alive HTTP/1.1 connection posting `body` to /v1/generate back to back until time.perf_counter()
-    passes `until`; answered(sent, status, payload) for each answer. Bare asyncio: an HTTP client library
-    costs more CPU per request than the server on this machine."""
-    host, port = url.removeprefix("http://").split(":")
-    data = json.dumps(body).encode()
-    request = (f"POST /v1/generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(data)}\r\n\r\n").encode() + data
-    reader, writer = await asyncio.open_connection(host, int(port))
-    while (sent := time.perf_counter()) < until:
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length"))
-        answered(sent, int(head[9:12]), await reader.readexactly(length))
-    writer.close()
-
-
-class Tally:
-    """What keep_posting's answers add up to, counted from `measure_from` on: the latency and names of each
-    200, and how many of every other status."""
-
-    def __init__(self, measure_from: float, count_names=lambda payload: payload.count(b'"name":')):
-        self.measure_from, self.count_names = measure_from, count_names
-        self.latencies: list[float] = []
-        self.names = 0
-        self.refused: dict[int, int] = {}
-
-    def __call__(self, sent: float, status: int, payload: bytes) -> None:
-        if sent < self.measure_from:
-            return
-        if status == 200:
-            self.latencies.append(time.perf_counter() - sent)
-            self.names += self.count_names(payload)
-        else:
-            self.refused[status] = self.refused.get(status, 0) + 1
-
-    def percentile_ms(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1000 if ordered else 0.0
+    """One keep-alive connection posting `body` to /v1/generate back to back until time.perf_counter() passes
+    `until`; answered(sent, status, payload) for each answer (a Tally adds them up)."""
+    target = Target.parse(url)
+    request = target.post(body)
+    await keepalive.keep_posting(target, lambda: request if time.perf_counter() < until else None, answered)

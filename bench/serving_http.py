@@ -7,16 +7,15 @@ NAMEGEN_MAX_ACTIVE_REQUESTS=1 (each request runs alone, as a naive server would)
 asking n=1, then 8 clients asking n=1000, for --duration seconds after a warm-up, in --rounds
 interleaved rounds; the figures are medians over the rounds.
 
-The clients are bare asyncio HTTP/1.1 keep-alive connections, not `namegen bench`: on this 2-core
-machine httpx spends about 3.5 ms of CPU per request, more than the server, so the httpx load
-generator measures itself (its figures are printed too, with --loadgen). Client and server share
-the 2 cores, so absolute figures are lower bounds.
+The clients are bare asyncio HTTP/1.1 keep-alive connections (clients/keepalive.py, the client of
+`namegen bench` too, whose figures --loadgen adds): on this 2-core machine an HTTP library such as
+httpx spends about 3.5 ms of CPU per request, more than the server. Client and server share the
+2 cores, so absolute figures are lower bounds.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import statistics
@@ -46,12 +45,12 @@ class Load:
 async def raw_load(url: str, concurrency: int, n: int, duration: float, warmup_s: float = 1.0) -> Load:
     """`concurrency` keep-alive connections posting /v1/generate back to back; counts after the warm-up."""
     start = time.perf_counter()
-    tally = Tally(start + warmup_s, count_names=lambda payload: len(json.loads(payload)["names"]))
+    tally = Tally(start + warmup_s)
     await asyncio.gather(*(keep_posting(url, {"n": n}, tally.measure_from + duration, tally)
                            for _ in range(concurrency)))
     elapsed = time.perf_counter() - tally.measure_from
     return Load(len(tally.latencies) / elapsed, tally.names / elapsed,
-                {"p50": tally.percentile_ms(0.5), "p99": tally.percentile_ms(0.99)}, sum(tally.refused.values()))
+                {"p50": tally.percentile_ms(50), "p99": tally.percentile_ms(99)}, sum(tally.failed.values()))
 
 
 def free_port() -> int:
@@ -84,7 +83,7 @@ def main() -> None:
     p.add_argument("--model", default="mlp")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per scenario, server and round")
     p.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians over them")
-    p.add_argument("--loadgen", action="store_true", help="also measure with `namegen bench` (httpx)")
+    p.add_argument("--loadgen", action="store_true", help="also measure with `namegen bench` (run_load)")
     args = p.parse_args()
     registry = served_registry({args.model: trained_checkpoint(args.model)})
 
@@ -101,7 +100,7 @@ def main() -> None:
                     if args.loadgen:
                         report = asyncio.run(run_load(url, concurrency=concurrency, duration=args.duration, n=n,
                                                       warmup=concurrency * 2, timeout=120))
-                        runs.setdefault((mode, scenario, "httpx"), []).append(Load(
+                        runs.setdefault((mode, scenario, "loadgen"), []).append(Load(
                             report.requests_per_s, report.names_per_s, report.latency_ms, report.requests - report.ok))
     finally:
         for process, _ in servers.values():
@@ -117,9 +116,9 @@ def main() -> None:
           f"client on the same machine")
     print(f"  {'scenario':<20} {'server':<22} {'req/s':>9} {'names/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for scenario, _, _ in SCENARIOS:
-        for key in [(m, scenario, *c) for c in ([()] + ([("httpx",)] if args.loadgen else []))
+        for key in [(m, scenario, *c) for c in ([()] + ([("loadgen",)] if args.loadgen else []))
                     for m, _ in modes]:
-            label = key[0] + (" (httpx)" if len(key) > 2 else "")
+            label = key[0] + (" (bench)" if len(key) > 2 else "")
             print(f"  {scenario:<20} {label:<22} {median(key, 'requests_per_s'):>9.1f} "
                   f"{median(key, 'names_per_s'):>10.0f} {median(key, 'p50'):>8.1f} {median(key, 'p99'):>8.1f} "
                   f"{sum(r.failed for r in runs[key]):>7}")

@@ -69,8 +69,8 @@ async def hammer(url: str, clients: int, n: int, duration: float, pid: int, warm
     await asyncio.gather(watch_memory(), measure_cpu(),
                          *(keep_posting(url, {"n": n}, stop_at, tally) for _ in range(clients)))
     elapsed = time.perf_counter() - tally.measure_from
-    return Level(tally.names / elapsed, len(tally.latencies), tally.refused, tally.percentile_ms(0.5),
-                 tally.percentile_ms(0.99), peak[0], (cpu_seconds(pid) - cpu[0]) / elapsed,
+    return Level(tally.names / elapsed, len(tally.latencies), tally.failed, tally.percentile_ms(50),
+                 tally.percentile_ms(99), peak[0], (cpu_seconds(pid) - cpu[0]) / elapsed,
                  (time.process_time() - cpu[1]) / elapsed)
 
 

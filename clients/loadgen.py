@@ -1,26 +1,29 @@
 """The engine of `namegen bench`: drive POST /v1/generate at a fixed concurrency, then report.
 
-It sends raw HTTP without the SDK's retries, so a 429 or a 503 is counted where it happens instead of
-being hidden inside a slower success. The serving benchmarks call `run_load` directly:
+Each of `concurrency` keep-alive connections (clients/keepalive.py: bare asyncio, no HTTP library, so the
+client costs far less CPU than the server it measures) posts its next request as soon as the answer comes,
+without the SDK's retries, so a 429 or a 503 is counted where it happens instead of being hidden inside a
+slower success. The serving benchmarks call `run_load` directly:
 
     report = asyncio.run(run_load(url, concurrency=16, duration=10, n=[1, 50], seeded=0.5, warmup=50))
 """
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import platform
 import random
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Sequence
 
 import httpx
 
-from .sdk import USER_AGENT, resolve_base_url
+from .keepalive import Tally, Target, keep_posting, percentile
+from .sdk import resolve_base_url
+
+__all__ = ["LoadReport", "RequestMix", "percentile", "run_load"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ class LoadReport:
     warmup: int  # requests sent first and left out of everything below
     requests: int  # measured requests, answered or failed
     ok: int  # answered 200
-    errors: dict[str, int]  # by status ("429") or by exception ("ConnectError")
+    names: int  # in the 200 answers
+    errors: dict[str, int]  # by status ("429") or by what ended the exchange ("ConnectionRefusedError")
     elapsed_s: float
     requests_per_s: float  # successful requests per second; failures count in `errors`, not here
     names_per_s: float
@@ -70,28 +74,14 @@ class LoadReport:
             f"client {self.machine['host']} ({self.machine['cpus']} CPUs)",
             f"load        concurrency {self.concurrency}, n {self.mix['ns']}, "
             f"seeded {self.mix['seeded_fraction']:.0%}, model {models}, warm-up {self.warmup}",
-            f"requests    {self.ok} ok, {self.requests - self.ok} failed in {self.elapsed_s:.2f} s",
+            f"requests    {self.ok} ok ({self.names} names), {self.requests - self.ok} failed "
+            f"in {self.elapsed_s:.2f} s",
             f"throughput  {self.requests_per_s:.1f} req/s, {self.names_per_s:.1f} names/s",
             f"latency ms  p50 {ms['p50']}  p90 {ms['p90']}  p99 {ms['p99']}  max {ms['max']}  mean {ms['mean']}",
             f"errors      {errors}",
-            f"client CPU  {self.client_cpu_s:.2f} s",
+            f"client CPU  {self.client_cpu_s:.2f} s, "
+            f"{self.client_cpu_s * 1000 / max(self.requests, 1):.2f} ms per request",
         ])
-
-
-@dataclass
-class _Tally:
-    sent: int = 0
-    latencies_s: list[float] = field(default_factory=list)
-    names: int = 0
-    errors: Counter = field(default_factory=Counter)
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest rank: the smallest value with at least q% of the values at or below it."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 async def run_load(url: str | None = None, *, concurrency: int = 8, requests: int | None = None,
@@ -99,27 +89,27 @@ async def run_load(url: str | None = None, *, concurrency: int = 8, requests: in
                    model: str | None | Sequence[str | None] = None, warmup: int = 0,
                    timeout: float | httpx.Timeout = 30.0, mix_seed: int = 0) -> LoadReport:
     """Send until `requests` have been sent or `duration` seconds have passed (whichever comes first; at least
-    one must be given), `concurrency` at a time. Requests in flight at the deadline are waited for."""
+    one must be given), `concurrency` at a time, waiting at most `timeout` seconds (an httpx.Timeout's read
+    timeout) to connect and as long for each answer. Requests in flight at the deadline are waited for."""
     if requests is None and duration is None:
         raise ValueError("give requests or duration (or both), or the load would never stop")
     if concurrency < 1 or (requests is not None and requests < 1) or (duration is not None and duration <= 0):
         raise ValueError("concurrency and requests must be >= 1 and duration > 0")
     mix = RequestMix(ns=_as_tuple(n), seeded_fraction=float(seeded), models=_as_tuple(model))
     base_url = resolve_base_url(url)
+    target = Target.parse(base_url)
+    wait_s = timeout.read if isinstance(timeout, httpx.Timeout) else timeout
     rng = random.Random(mix_seed)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits,
-                                 headers={"user-agent": USER_AGENT}) as http:
-        if warmup:
-            await _drive(http, mix, rng, concurrency, _Tally(), requests=warmup, deadline=None)
-        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        tally = _Tally()
-        cpu_start, start = time.process_time(), time.perf_counter()
-        await _drive(http, mix, rng, concurrency, tally, requests=requests,
-                     deadline=None if duration is None else start + duration)
-        elapsed = time.perf_counter() - start
-        cpu = time.process_time() - cpu_start
-    latencies = sorted(tally.latencies_s)
+    if warmup:
+        await _drive(target, _Requests(mix, rng, target, limit=warmup), concurrency, Tally(), wait_s)
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    tally = Tally()
+    cpu_start, start = time.process_time(), time.perf_counter()
+    sender = _Requests(mix, rng, target, limit=requests, deadline=None if duration is None else start + duration)
+    await _drive(target, sender, concurrency, tally, wait_s)
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+    latencies = sorted(tally.latencies)
     latency_ms = {f"p{q}": _ms(percentile(latencies, q)) for q in (50, 90, 99)}
     latency_ms["max"] = _ms(latencies[-1] if latencies else None)
     latency_ms["mean"] = _ms(sum(latencies) / len(latencies) if latencies else None)
@@ -129,38 +119,38 @@ async def run_load(url: str | None = None, *, concurrency: int = 8, requests: in
                  "platform": platform.platform()},
         concurrency=concurrency, mix={"ns": list(mix.ns), "seeded_fraction": mix.seeded_fraction,
                                       "models": list(mix.models)},
-        warmup=warmup, requests=tally.sent, ok=len(latencies), errors=dict(tally.errors), elapsed_s=elapsed,
+        warmup=warmup, requests=sender.sent, ok=len(latencies), names=tally.names,
+        errors={str(key): count for key, count in tally.failed.items()}, elapsed_s=elapsed,
         requests_per_s=len(latencies) / elapsed, names_per_s=tally.names / elapsed, latency_ms=latency_ms,
         client_cpu_s=cpu)
 
 
-async def _drive(http: httpx.AsyncClient, mix: RequestMix, rng: random.Random, concurrency: int, tally: _Tally,
-                 *, requests: int | None, deadline: float | None) -> None:
-    async def worker():
-        while (requests is None or tally.sent < requests) and (deadline is None or time.perf_counter() < deadline):
-            tally.sent += 1  # counted before the await, so the workers never overshoot `requests`
-            await _one(http, mix.body(rng), tally)
+class _Requests:
+    """The next request to send: drawn from the mix, until `limit` are sent or `deadline` (perf_counter)
+    passes. Every body the mix can draw is encoded once."""
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    def __init__(self, mix: RequestMix, rng: random.Random, target: Target, *, limit: int | None = None,
+                 deadline: float | None = None):
+        self.mix, self.rng, self.target, self.limit, self.deadline = mix, rng, target, limit, deadline
+        self.sent = 0
+        self.encoded: dict[tuple, bytes] = {}
+
+    def __call__(self) -> bytes | None:
+        if (self.limit is not None and self.sent >= self.limit) or \
+                (self.deadline is not None and time.perf_counter() >= self.deadline):
+            return None
+        self.sent += 1
+        body = self.mix.body(self.rng)
+        if "seed" in body:  # a fresh seed each time: nothing to reuse
+            return self.target.post(body)
+        key = tuple(sorted(body.items()))
+        if key not in self.encoded:
+            self.encoded[key] = self.target.post(body)
+        return self.encoded[key]
 
 
-async def _one(http: httpx.AsyncClient, body: dict, tally: _Tally) -> None:
-    start = time.perf_counter()
-    try:
-        response = await http.post("/v1/generate", json=body)
-    except httpx.HTTPError as exc:
-        tally.errors[type(exc).__name__] += 1
-        return
-    latency = time.perf_counter() - start
-    if response.status_code != 200:
-        tally.errors[str(response.status_code)] += 1
-        return
-    try:
-        tally.names += len(response.json()["names"])
-    except (ValueError, KeyError, TypeError):
-        tally.errors["200 not a namegen body"] += 1
-        return
-    tally.latencies_s.append(latency)
+async def _drive(target: Target, sender: _Requests, concurrency: int, tally: Tally, timeout: float | None) -> None:
+    await asyncio.gather(*(keep_posting(target, sender, tally, timeout) for _ in range(concurrency)))
 
 
 def _as_tuple(value) -> tuple:

@@ -109,6 +109,10 @@ def test_plain_table_aligns_text_left_and_numbers_right():
     (["bench", "--duration", "nan"], "argument --duration: must be > 0, got nan"),
     (["bench", "--seeded", "1.5"], "must be a fraction from 0 to 1"),
     (["bench", "-n", "1,x"], "argument -n: 'x' is not a valid int"),
+    (["bench", "-n", "0"], "argument -n: must be > 0, got 0"),
+    (["bench", "--requests", "0"], "argument --requests: must be > 0, got 0"),
+    (["bench", "--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
+    (["bench", "--url", "ftp://localhost:8000"], "url 'ftp://localhost:8000' must start with http:// or https://"),
     (["models", "--timeout", "-1"], "argument --timeout: must be > 0"),
     (["health", "--url", "localhost:8000"], "url 'localhost:8000' must start with http:// or https://"),
 ])

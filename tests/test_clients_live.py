@@ -3,13 +3,14 @@ ephemeral 127.0.0.1 port with a tiny `mlp`, the default, and a `bigram-counts` m
 import asyncio
 import json
 import math
+import shutil
 import subprocess
 
 import pytest
 
 from clients import AsyncNameGenClient, BadRequestError, Generation, NameGenClient
 from clients.loadgen import run_load
-from conftest import run_module
+from conftest import ROOT, apt_install, run_module
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +199,47 @@ def test_cli_bench_prints_its_report_and_writes_json(live_server, tmp_path):
     report = json.loads(out.read_text())
     assert (report["requests"], report["ok"], report["errors"]) == (30, 30, {})
     assert report["names_per_s"] == pytest.approx(5 * report["requests_per_s"])
+
+
+def bench_report(*args, url: str) -> tuple[subprocess.CompletedProcess, dict | None]:
+    result = namegen("bench", *args, "--json", url=url)
+    return result, json.loads(result.stdout) if result.stdout else None
+
+
+def test_cli_bench_counts_every_name_the_real_server_sent(live_server):
+    result, report = bench_report("--requests", "20", "-c", "3", "-n", "7", "--warmup", "3", url=live_server)
+    assert result.returncode == 0, result.stderr
+    assert (report["requests"], report["ok"], report["names"], report["errors"]) == (20, 20, 140, {})
+
+
+def test_cli_bench_counts_the_real_servers_refusals_by_status(live_server):
+    result, report = bench_report("--requests", "30", "-c", "3", "-n", "2", "--model", "mlp",
+                                  "--model", "no-such-model", url=live_server)
+    assert result.returncode == 0, result.stderr
+    assert report["errors"].keys() == {"404"} and report["ok"] > 0
+    assert report["ok"] + report["errors"]["404"] == 30 and report["names"] == 2 * report["ok"]
+
+
+def test_cli_bench_exits_1_with_one_line_when_the_real_server_refuses_every_request(live_server):
+    result, report = bench_report("--requests", "4", "-c", "2", "-n", "10001", url=live_server)
+    assert result.returncode == 1 and report["errors"] == {"422": 4}
+    assert result.stderr == f"error: none of 4 requests to {live_server} succeeded (422 x4)\n"
+
+
+def test_namegen_bench_and_wrk_count_the_same_server_alike(live_server):
+    """Not a speed test: two independent load generators measuring one server in turn agree within a loose
+    factor (a busy shared machine moves single runs by 2x or more); one counting requests as names, or a
+    name per answer, is off by 200x."""
+    if shutil.which("wrk") is None:
+        apt_install(["wrk"], ["wrk"])
+    wrk = subprocess.run(["wrk", "-t1", "-c4", "-d2s", "--timeout", "30s", "-s", str(ROOT / "bench" / "wrk_post.lua"),
+                          live_server + "/v1/generate", "--", '{"n":200}'], capture_output=True, text=True, timeout=60)
+    counted = json.loads(next(x for x in wrk.stdout.splitlines() if x.startswith("wrk-json ")).split(" ", 1)[1])
+    assert counted["non_2xx_3xx"] == 0 and counted["requests"] > 0, wrk.stdout
+    wrk_names_per_s = 200 * counted["requests"] / (counted["duration_us"] / 1e6)
+    result, report = bench_report("-c", "4", "-n", "200", "--duration", "2", "--warmup", "4", url=live_server)
+    assert result.returncode == 0 and report["errors"] == {}, result.stderr
+    assert 1 / 5 < report["names_per_s"] / wrk_names_per_s < 5
 
 
 def test_sdk_and_cli_say_when_fewer_names_came_back_than_asked(client, live_server):
