@@ -42,6 +42,11 @@ def _add_connection_options(parser: argparse.ArgumentParser, **defaults) -> None
                         help=f"seconds to wait for an answer (default {DEFAULT_TIMEOUT.read:g})")
 
 
+def _add_condition_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sex", help="a conditional model's sex, F or M (default: any)")
+    parser.add_argument("--decade", type=int, help="a conditional model's decade, 1880 ... 2010 (default: any)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="namegen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_connection_options(p, url=None, timeout=None)
@@ -61,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--unique", action="store_true", default=None, help="no name twice")
     g.add_argument("--novel", action="store_true", default=None, help="no name from the training set")
     g.add_argument("--model", help="model name (default: the server's default)")
-    g.add_argument("--sex", help="a conditional model's sex, F or M (default: any)")
-    g.add_argument("--decade", type=int, help="a conditional model's decade, 1880 ... 2010 (default: any)")
+    _add_condition_options(g)
     g.add_argument("--show-nll", action="store_true", help="add each name's NLL as a second column")
     g.add_argument("--json", action="store_true", help="print the server's response as JSON")
     g.set_defaults(run=cmd_generate)
@@ -71,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_options(s)
     s.add_argument("names", nargs="+")
     s.add_argument("--model")
-    s.add_argument("--sex", help="score under this sex (conditional models)")
-    s.add_argument("--decade", type=int, help="score under this decade (conditional models)")
+    _add_condition_options(s)
     s.add_argument("--explain", action="store_true", default=None,
                    help="conditional models: what each name sounds like, p(sex | name) and the likeliest decade")
     s.add_argument("--details", action="store_true",

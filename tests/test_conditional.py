@@ -141,3 +141,35 @@ def test_models_list_conditions_and_score_explains_them(conditional_server):
     assert girl != boy
     refused = httpx.post(url, json={"names": ["emma"], "explain": True, "model": "mlp"})
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "explain"]
+
+
+@pytest.mark.parametrize("model_type, sizes", [("bigram-neural", {}), ("wavenet", dict(block_size=4, n_embd=8, n_hidden=16))])
+def test_every_model_with_a_context_trains_and_exports_with_conditions(tmp_path, records_file, model_type, sizes):
+    from export.pipeline import export_checkpoint
+    from training.models import ModelConfig
+    from training.train import TRAIN_DEFAULTS, train
+
+    data = load_dataset(str(records_file), None, ("sex", "decade"))
+    tc = TRAIN_DEFAULTS[model_type].__class__(**{**TRAIN_DEFAULTS[model_type].__dict__, "steps": 60, "eval_every": 60})
+    meta = train(ModelConfig(model_type, data.vocab.size, conditions=data.conditions.sizes, **sizes), tc, data,
+                 tmp_path / model_type, progress=False)
+    assert meta["metrics"]["val_nll"] < 3.29  # below uniform over 27 characters
+    published = export_checkpoint(tmp_path / model_type, tmp_path / "registry")  # parity checked
+    assert [i.name for i in onnx.load(published.path / ONNX_FILE).graph.input] == ["context", "condition"]
+
+
+def test_an_ensemble_of_conditional_members_is_conditional(tmp_path, records_file, conditional_checkpoint):
+    from training.models import ModelConfig
+    from training.train import TrainConfig, train
+    from conftest import TINY_CONDITIONAL
+
+    data = load_dataset(str(records_file), None, ("sex", "decade"))
+    train(ModelConfig("mlp", data.vocab.size, conditions=data.conditions.sizes, **TINY_CONDITIONAL),
+          TrainConfig(steps=100, batch_size=64, lr=3e-3, optimizer="adamw", seed=2, eval_every=100), data,
+          tmp_path / "second", progress=False)
+    done = run_module("training", "ensemble", conditional_checkpoint, tmp_path / "second", "--out", tmp_path / "ens")
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((tmp_path / "ens" / "checkpoint.json").read_text())
+    assert meta["model_config"]["conditions"] == [3, 3] and meta["conditions"][0]["name"] == "sex"
+    sampled = run_module("training", "sample", tmp_path / "ens", "--sex", "F", "--seed", "1", "-n", "5")
+    assert sampled.returncode == 0 and len(sampled.stdout.split()) == 5, sampled.stderr

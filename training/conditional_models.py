@@ -2,8 +2,10 @@
 
 Input int64 [batch, block_size + k]: the context, then one index per condition (0: "any"). Each
 condition's value is a learned embedding; the conditions' embeddings are summed and combined with the
-context: added to every character's embedding (mlp, wavenet), or added to the logits (bigram-neural,
-whose context is a row of its weight matrix). While training, each condition of each row is replaced by
+context: added to every character's embedding (mlp, wavenet); bigram-neural, whose context is a row of
+its weight matrix, adds a row per (condition value, last character), a bigram table per value that starts
+at zero (one row per value alone would be shared by a quarter of the batch: too big a step at the
+lecture's learning rate of 200). While training, each condition of each row is replaced by
 "any" with probability cfg.condition_dropout, so "any" learns the marginal over that condition.
 Export gives the graph two inputs, `context` and `condition` (export/onnx_export.py).
 """
@@ -26,11 +28,19 @@ class ConditionEmbedding(nn.Module):
             for table in self.tables:
                 table.weight.normal_(std=std, generator=generator)
 
-    def forward(self, condition: torch.Tensor) -> torch.Tensor:
-        if self.training and self.dropout > 0:
-            # The global generator, as nn.Dropout: seeded by the training loop and saved for --resume.
-            condition = condition.masked_fill(torch.rand(condition.shape) < self.dropout, 0)
-        return sum(table(condition[:, i]) for i, table in enumerate(self.tables))
+    def forward(self, condition: torch.Tensor, offset: torch.Tensor | int = 0) -> torch.Tensor:
+        """offset: added to each condition's row (bigram-neural: value * vocab + last character)."""
+        condition = drop_conditions(condition, self.dropout, self.training)
+        rows = condition + offset  # [B, k]
+        return sum(table(rows[:, i]) for i, table in enumerate(self.tables))
+
+
+def drop_conditions(condition: torch.Tensor, dropout: float, training: bool) -> torch.Tensor:
+    """Condition dropout: each index becomes "any" (0) with probability `dropout`, in training only."""
+    if not training or dropout == 0:
+        return condition
+    # The global generator, as nn.Dropout: seeded by the training loop and saved for --resume.
+    return condition.masked_fill(torch.rand(condition.shape) < dropout, 0)
 
 
 def _split(cfg: ModelConfig, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,12 +51,14 @@ class ConditionalBigramNeural(BigramNeural):
     def __init__(self, cfg: ModelConfig, generator: torch.Generator | None = None):
         super().__init__(cfg, generator)
         # Named embedding*: AdamW leaves embeddings undecayed (train._make_optimizer).
-        self.embedding_conditions = ConditionEmbedding(cfg.conditions, cfg.vocab_size, cfg.condition_dropout,
-                                                       generator, std=0.0)
+        v = cfg.vocab_size
+        self.embedding_conditions = ConditionEmbedding([size * v for size in cfg.conditions], v,
+                                                       cfg.condition_dropout, generator, std=0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         context, condition = _split(self.cfg, x)
-        return self.weight[context[:, -1]] + self.embedding_conditions(condition)  # [B, V]
+        last = context[:, -1]  # [B]; row value * vocab + last of each condition's table ("any" is value 0)
+        return self.weight[last] + self.embedding_conditions(condition * self.cfg.vocab_size, offset=last[:, None])
 
 
 class ConditionalMLP(MLP):
