@@ -47,6 +47,20 @@ def _add_condition_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decade", type=int, help="a conditional model's decade, 1880 ... 2010 (default: any)")
 
 
+def _add_score_parser(sub) -> None:
+    s = sub.add_parser("score", help="how likely the model finds each name")
+    _add_connection_options(s)
+    s.add_argument("names", nargs="+")
+    s.add_argument("--model")
+    _add_condition_options(s)
+    s.add_argument("--explain", action="store_true", default=None,
+                   help="conditional models: what each name sounds like, p(sex | name) and the likeliest decade")
+    s.add_argument("--details", action="store_true",
+                   help="each character's probability given the ones before it; \".\" is the end of the name")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(run=cmd_score)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="namegen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_connection_options(p, url=None, timeout=None)
@@ -71,17 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print the server's response as JSON")
     g.set_defaults(run=cmd_generate)
 
-    s = sub.add_parser("score", help="how likely the model finds each name")
-    _add_connection_options(s)
-    s.add_argument("names", nargs="+")
-    s.add_argument("--model")
-    _add_condition_options(s)
-    s.add_argument("--explain", action="store_true", default=None,
-                   help="conditional models: what each name sounds like, p(sex | name) and the likeliest decade")
-    s.add_argument("--details", action="store_true",
-                   help="each character's probability given the ones before it; \".\" is the end of the name")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(run=cmd_score)
+    _add_score_parser(sub)
 
     m = sub.add_parser("models", help="the models the server holds")
     _add_connection_options(m)

@@ -173,3 +173,21 @@ def test_an_ensemble_of_conditional_members_is_conditional(tmp_path, records_fil
     assert meta["model_config"]["conditions"] == [3, 3] and meta["conditions"][0]["name"] == "sex"
     sampled = run_module("training", "sample", tmp_path / "ens", "--sex", "F", "--seed", "1", "-n", "5")
     assert sampled.returncode == 0 and len(sampled.stdout.split()) == 5, sampled.stderr
+
+
+def test_sdk_and_cli_take_sex_decade_and_explain(conditional_server):
+    from clients import BadRequestError, NameGenClient
+
+    direct = httpx.post(conditional_server + "/v1/generate", json={"n": 5, "seed": 7, "sex": "F", "decade": 2010})
+    with NameGenClient(conditional_server) as client:
+        assert [g.name for g in client.generate(5, seed=7, sex="F", decade=2010).names] == \
+            [entry["name"] for entry in direct.json()["names"]]
+        explained = client.score(["emma"], explain=True).results[0]
+        assert set(explained.most_likely) == {"sex", "decade"} and explained.posterior["sex"]
+        assert {m.name: m.conditions for m in client.models().models}["mlp-conditional"]["sex"] == ["F", "M"]
+        with pytest.raises(BadRequestError):
+            client.generate(2, sex="X")
+    table = run_module("clients", "score", "emma", "--explain", "--url", conditional_server, timeout=60)
+    assert table.returncode == 0 and explained.most_likely["decade"] in table.stdout, table.stderr
+    refused = run_module("clients", "generate", "--decade", "1955", "--url", conditional_server, timeout=60)
+    assert refused.returncode == 2 and "1920, 2010" in refused.stderr
