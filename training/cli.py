@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--year", type=int, default=DEFAULT_YEAR, help="SSA year for the default dataset")
     t.add_argument("--years", help="SSA years FIRST-LAST: one record per distinct (name, sex, decade) "
                                    "(default with --condition: 1880-2017)")
+    t.add_argument("--condition-dropout", type=number(float, at_least=0, below=1),
+                   help="with --condition: each condition of a training row is 'any' with this probability (0.2)")
     t.add_argument("--condition", help="condition on these columns, e.g. sex,decade (SSA) or a CSV's own columns "
                                        "(--data with a header: name,COLUMN,...)")
     t.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")

@@ -26,7 +26,7 @@ class ModelConfig:
     batchnorm: bool = True  # mlp, wavenet: False gives lecture 3's stack before BatchNorm, Linear -> tanh
     members: list[dict] = field(default_factory=list)  # ensemble: the members' configs
     conditions: list[int] = field(default_factory=list)  # values + 1 ("any") per condition (conditional_models.py)
-    condition_dropout: float = 0.1  # while training, each condition of a row is "any" with this probability
+    condition_dropout: float = 0.2  # while training, each condition of a row is "any" with this probability
 
     def to_dict(self) -> dict:
         d = asdict(self)
