@@ -251,3 +251,12 @@ def test_engine_refuses_parameters_it_cannot_hold(served_registry):
             engine.submit(bad, lambda result: None)
     assert len(engine.generate(SamplingParams(n=2, seed=1)).names) == 2  # nothing else was disturbed
     engine.stop()
+
+
+def test_onnxruntime_and_torch_backends_agree_on_a_conditional_model(conditional_registry):
+    names = []
+    for backend in ("onnxruntime", "torch"):
+        engine = make_engine(conditional_registry, name="mlp-conditional", backend=backend, table_mb=0)
+        names.append([named(engine.generate(params)) for params in CONDITIONED[:3]])
+        engine.stop()
+    assert names[0] == names[1]
