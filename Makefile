@@ -69,6 +69,7 @@ bench: setup
 	$(PY) bench/serving_startup.py
 	$(PY) bench/serving_overload.py
 	$(PY) bench/serving_loadgen.py
+	$(PY) bench/conditional.py
 
 clean:
 	rm -rf $(VENV) runs $(REGISTRY)
