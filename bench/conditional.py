@@ -43,6 +43,7 @@ from training.models import nll  # noqa: E402
 
 GENERATED = 2000
 TOP = 1000
+COMMON = 1000  # births over the years: a name this common has a sex that means something
 
 
 def train_pair(steps: int, years: str) -> dict[str, object]:
@@ -99,8 +100,12 @@ def sex_figures(engine: Engine, by_sex) -> list[str]:
         names = generate(engine, (("sex", sex),), seed=1)
         real = [n for n in names if n in by_sex]
         mostly = sum(by_sex[n][sex] > by_sex[n][other] for n in real)
+        # Rare names (a handful of babies in 138 years) are most of the real names hit; their sex is noise.
+        common = [n for n in real if by_sex[n][sex] + by_sex[n][other] >= COMMON]
+        common_mostly = sum(by_sex[n][sex] > by_sex[n][other] for n in common)
         lines.append(f"  sex {sex}: {len(real)} of {GENERATED} generated names are SSA names; {mostly} of them "
-                     f"({mostly / max(len(real), 1):.1%}) were mostly given to {sex}")
+                     f"({mostly / max(len(real), 1):.1%}) were mostly given to {sex}; of the {len(common)} given to "
+                     f"at least {COMMON:,} babies, {common_mostly} ({common_mostly / max(len(common), 1):.1%})")
     return lines
 
 
