@@ -42,6 +42,25 @@ def _add_connection_options(parser: argparse.ArgumentParser, **defaults) -> None
                         help=f"seconds to wait for an answer (default {DEFAULT_TIMEOUT.read:g})")
 
 
+def _add_condition_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sex", help="a conditional model's sex, F or M (default: any)")
+    parser.add_argument("--decade", type=int, help="a conditional model's decade, 1880 ... 2010 (default: any)")
+
+
+def _add_score_parser(sub) -> None:
+    s = sub.add_parser("score", help="how likely the model finds each name")
+    _add_connection_options(s)
+    s.add_argument("names", nargs="+")
+    s.add_argument("--model")
+    _add_condition_options(s)
+    s.add_argument("--explain", action="store_true", default=None,
+                   help="conditional models: what each name sounds like, p(sex | name) and the likeliest decade")
+    s.add_argument("--details", action="store_true",
+                   help="each character's probability given the ones before it; \".\" is the end of the name")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(run=cmd_score)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="namegen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_connection_options(p, url=None, timeout=None)
@@ -61,18 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--unique", action="store_true", default=None, help="no name twice")
     g.add_argument("--novel", action="store_true", default=None, help="no name from the training set")
     g.add_argument("--model", help="model name (default: the server's default)")
+    _add_condition_options(g)
     g.add_argument("--show-nll", action="store_true", help="add each name's NLL as a second column")
     g.add_argument("--json", action="store_true", help="print the server's response as JSON")
     g.set_defaults(run=cmd_generate)
 
-    s = sub.add_parser("score", help="how likely the model finds each name")
-    _add_connection_options(s)
-    s.add_argument("names", nargs="+")
-    s.add_argument("--model")
-    s.add_argument("--details", action="store_true",
-                   help="each character's probability given the ones before it; \".\" is the end of the name")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(run=cmd_score)
+    _add_score_parser(sub)
 
     m = sub.add_parser("models", help="the models the server holds")
     _add_connection_options(m)
@@ -128,7 +141,8 @@ def cmd_generate(args) -> int:
     with _client(args) as client:
         result = client.generate(args.n, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
                                  prefix=args.prefix, min_length=args.min_length, max_length=args.max_length,
-                                 unique=args.unique, exclude_training=args.novel, model=args.model)
+                                 unique=args.unique, exclude_training=args.novel, model=args.model, sex=args.sex,
+                                 decade=args.decade)
     if result.exhausted:  # on stderr even with --json: a script reading stdout still sees the names it got
         print(f"note: only {len(result.names)} names passed the filters within the server's attempt budget; "
               "loosen --unique, --novel or the length bounds to get more", file=sys.stderr)
@@ -145,9 +159,14 @@ def cmd_generate(args) -> int:
 
 def cmd_score(args) -> int:
     with _client(args) as client:
-        scores = client.score(args.names, model=args.model)
+        scores = client.score(args.names, model=args.model, sex=args.sex, decade=args.decade, explain=args.explain)
     if args.json:
         _print_json(scores.raw)
+        return 0
+    if args.explain:
+        print_table(["name", "NLL", "most likely", "posterior"],
+                    [[s.name, f"{s.nll:.4f}", " ".join(s.most_likely.values()), _posterior_text(s.posterior)]
+                     for s in scores.results], title=f"{scores.model} {scores.version}", numeric=[False, True, False, False])
         return 0
     print_table(["name", "NLL", "NLL/char", "perplexity"],
                 [[s.name, f"{s.nll:.4f}", f"{s.nll_per_char:.4f}", f"{s.perplexity:.3f}"] for s in scores.results],
@@ -158,6 +177,15 @@ def cmd_score(args) -> int:
             print_table(["char", "p", "NLL"], [[c.char, f"{c.p:.4f}", f"{c.nll:.4f}"] for c in s.chars],
                         title=s.name, numeric=[False, True, True])
     return 0
+
+
+def _posterior_text(posterior: dict[str, dict[str, float]]) -> str:
+    """'F 0.98 M 0.02; 2010 0.41 2000 0.30 ...': each condition's likeliest values (three at most)."""
+    parts = []
+    for values in posterior.values():
+        top = sorted(values.items(), key=lambda item: -item[1])[:3]
+        parts.append(" ".join(f"{value} {p:.2f}" for value, p in top))
+    return "; ".join(parts)
 
 
 def _fetched(args, call: str):

@@ -45,6 +45,8 @@ class NameScore:
     nll_per_char: float
     perplexity: float
     chars: list[CharProb]
+    posterior: dict[str, dict[str, float]] | None = None  # explain: p(value | name) per condition
+    most_likely: dict[str, str] | None = None  # explain: each condition's most likely value
 
 
 @dataclass
@@ -58,7 +60,8 @@ class Scores:
     def from_json(cls, data: dict) -> Scores:
         results = [NameScore(name=item["name"], nll=item["nll"], nll_per_char=item["nll_per_char"],
                              perplexity=item["perplexity"],
-                             chars=[CharProb(char=c["char"], p=c["p"], nll=c["nll"]) for c in item["chars"]])
+                             chars=[CharProb(char=c["char"], p=c["p"], nll=c["nll"]) for c in item["chars"]],
+                             posterior=item.get("posterior"), most_likely=item.get("most_likely"))
                    for item in data["results"]]
         return cls(model=data["model"], version=data["version"], results=results, raw=data)
 
@@ -73,12 +76,13 @@ class ModelInfo:
     metrics: dict[str, float]  # train_nll, val_nll, test_nll, ...
     backend: str
     device: str
+    conditions: dict[str, list[str]] = field(default_factory=dict)  # a conditional model's, and their values
 
     @classmethod
     def from_json(cls, data: dict) -> ModelInfo:
         return cls(name=data["name"], version=data["version"], type=data["type"], vocab=list(data["vocab"]),
                    block_size=data["block_size"], metrics=dict(data["metrics"]), backend=data["backend"],
-                   device=data["device"])
+                   device=data["device"], conditions=dict(data.get("conditions", {})))
 
 
 @dataclass

@@ -56,17 +56,20 @@ class _Call:
 
 
 def _generate_call(n, seed, temperature, top_k, prefix, min_length, max_length, unique, exclude_training,
-                   model) -> _Call:
+                   model, sex=None, decade=None) -> _Call:
     chosen = dict(n=n, seed=seed, temperature=temperature, top_k=top_k, prefix=prefix, min_length=min_length,
-                  max_length=max_length, unique=unique, exclude_training=exclude_training, model=model)
+                  max_length=max_length, unique=unique, exclude_training=exclude_training, model=model, sex=sex,
+                  decade=decade)
     # Only what the caller set: the server owns the defaults, and may change them.
     body = {key: value for key, value in chosen.items() if value is not None}
     return _Call("POST", "/v1/generate", Generation.from_json, body)
 
 
-def _score_call(names: str | Sequence[str], model: str | None) -> _Call:
+def _score_call(names: str | Sequence[str], model: str | None, sex: str | None = None, decade: int | None = None,
+                explain: bool | None = None) -> _Call:
     names = [names] if isinstance(names, str) else list(names)  # score("emma") is one name, not four letters
-    body = {"names": names} if model is None else {"names": names, "model": model}
+    chosen = dict(model=model, sex=sex, decade=decade, explain=explain)
+    body = {"names": names, **{key: value for key, value in chosen.items() if value is not None}}
     return _Call("POST", "/v1/score", Scores.from_json, body)
 
 
@@ -121,12 +124,15 @@ class NameGenClient(_ClientSettings):
     def generate(self, n: int | None = None, *, seed: int | None = None, temperature: float | None = None,
                  top_k: int | None = None, prefix: str | None = None, min_length: int | None = None,
                  max_length: int | None = None, unique: bool | None = None, exclude_training: bool | None = None,
-                 model: str | None = None) -> Generation:
+                 model: str | None = None, sex: str | None = None, decade: int | None = None) -> Generation:
+        """sex ("F", "M") and decade (1880, ..., 2010): a conditional model's conditions; omitted: any."""
         return self._send(_generate_call(n, seed, temperature, top_k, prefix, min_length, max_length, unique,
-                                         exclude_training, model))
+                                         exclude_training, model, sex, decade))
 
-    def score(self, names: str | Sequence[str], *, model: str | None = None) -> Scores:
-        return self._send(_score_call(names, model))
+    def score(self, names: str | Sequence[str], *, model: str | None = None, sex: str | None = None,
+              decade: int | None = None, explain: bool | None = None) -> Scores:
+        """explain: each name's posterior over a conditional model's condition values."""
+        return self._send(_score_call(names, model, sex, decade, explain))
 
     def models(self) -> ModelList:
         return self._send(_MODELS_CALL)
@@ -174,12 +180,14 @@ class AsyncNameGenClient(_ClientSettings):
     async def generate(self, n: int | None = None, *, seed: int | None = None, temperature: float | None = None,
                        top_k: int | None = None, prefix: str | None = None, min_length: int | None = None,
                        max_length: int | None = None, unique: bool | None = None,
-                       exclude_training: bool | None = None, model: str | None = None) -> Generation:
+                       exclude_training: bool | None = None, model: str | None = None, sex: str | None = None,
+                       decade: int | None = None) -> Generation:
         return await self._send(_generate_call(n, seed, temperature, top_k, prefix, min_length, max_length,
-                                               unique, exclude_training, model))
+                                               unique, exclude_training, model, sex, decade))
 
-    async def score(self, names: str | Sequence[str], *, model: str | None = None) -> Scores:
-        return await self._send(_score_call(names, model))
+    async def score(self, names: str | Sequence[str], *, model: str | None = None, sex: str | None = None,
+                    decade: int | None = None, explain: bool | None = None) -> Scores:
+        return await self._send(_score_call(names, model, sex, decade, explain))
 
     async def models(self) -> ModelList:
         return await self._send(_MODELS_CALL)

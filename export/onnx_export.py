@@ -16,18 +16,35 @@ import torch.nn as nn
 from onnx.external_data_helper import uses_external_data
 from torch.export import Dim, ExportedProgram
 
-from namegen.contract import BATCH_AXIS, ONNX_INPUT, ONNX_OUTPUT
+from namegen.contract import BATCH_AXIS, ONNX_CONDITION, ONNX_INPUT, ONNX_OUTPUT
 
 from .errors import ExportError
 
 EXAMPLE_ROWS = 2  # any size > 1: torch.export specialises dimensions of size 0 and 1
 
 
-def export_program(folded: nn.Module, block_size: int) -> ExportedProgram:
-    """torch.export of the eval-mode folded model with a dynamic batch (>= 1) axis."""
+class WithConditionInput(nn.Module):
+    """A conditional model (one input: context, then condition columns) with the contract's two inputs."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, context: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.cat([context, condition], dim=1))  # [B, T] + [B, k] -> [B, T + k]
+
+
+def export_program(folded: nn.Module, block_size: int, conditions: int = 0) -> ExportedProgram:
+    """torch.export of the eval-mode folded model with a dynamic batch (>= 1) axis; with conditions, the
+    second input `condition` int64 [batch, conditions]."""
+    batch = Dim(BATCH_AXIS, min=1)
     example = torch.zeros(EXAMPLE_ROWS, block_size, dtype=torch.long)
-    program = torch.export.export(folded.eval(), (example,),
-                                  dynamic_shapes={ONNX_INPUT: {0: Dim(BATCH_AXIS, min=1)}})
+    if conditions:
+        program = torch.export.export(WithConditionInput(folded.eval()).eval(),
+                                      (example, torch.zeros(EXAMPLE_ROWS, conditions, dtype=torch.long)),
+                                      dynamic_shapes={ONNX_INPUT: {0: batch}, ONNX_CONDITION: {0: batch}})
+    else:
+        program = torch.export.export(folded.eval(), (example,), dynamic_shapes={ONNX_INPUT: {0: batch}})
     ops = [str(node.target) for node in program.graph.nodes if "batch_norm" in str(node.target)]
     if ops:
         raise ExportError(f"the exported program still holds batch norm ops ({', '.join(ops)})")
@@ -43,7 +60,8 @@ def write_onnx(program: ExportedProgram, path: Path, metadata: dict[str, str]) -
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" is noise here
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        onnx_program = torch.onnx.export(program, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+        inputs = [ONNX_INPUT, ONNX_CONDITION][: len(program.graph_signature.user_inputs)]
+        onnx_program = torch.onnx.export(program, input_names=inputs, output_names=[ONNX_OUTPUT],
                                          dynamo=True, external_data=False, verbose=False)
     onnx_program.rename_axes({onnx_program.model.graph.inputs[0].shape[0]: BATCH_AXIS})
     model = onnx_program.model_proto

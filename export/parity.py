@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ExportError
-from namegen.contract import ONNX_INPUT, ONNX_OUTPUT
+from namegen.contract import ONNX_CONDITION, ONNX_INPUT, ONNX_OUTPUT
 
 MAX_ABS_LOGIT_DIFF = 1e-4
 MAX_NLL_DIFF = 1e-5
@@ -48,16 +48,24 @@ def mean_nll(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return F.cross_entropy(logits.double(), targets, reduction="sum").item() / max(len(targets), 1)
 
 
-def onnx_logits(onnx_path: Path, contexts: torch.Tensor) -> torch.Tensor:
+def _inputs(x: torch.Tensor, block_size: int | None) -> tuple[torch.Tensor, ...]:
+    """A conditional model's columns (context, then conditions) as the files' two inputs."""
+    if block_size is None or x.shape[1] == block_size:
+        return (x,)
+    return x[:, :block_size].contiguous(), x[:, block_size:].contiguous()
+
+
+def onnx_logits(onnx_path: Path, contexts: torch.Tensor, block_size: int | None = None) -> torch.Tensor:
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    run = lambda x: torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0])  # noqa: E731
+    run = lambda x: torch.from_numpy(session.run(  # noqa: E731
+        [ONNX_OUTPUT], dict(zip((ONNX_INPUT, ONNX_CONDITION), (t.numpy() for t in _inputs(x, block_size)))))[0])
     return _in_chunks(run, contexts)
 
 
 @torch.no_grad()
-def pt2_logits(pt2_path: Path, contexts: torch.Tensor) -> torch.Tensor:
+def pt2_logits(pt2_path: Path, contexts: torch.Tensor, block_size: int | None = None) -> torch.Tensor:
     program = torch.export.load(pt2_path).module()
-    return _in_chunks(program, contexts)
+    return _in_chunks(lambda x: program(*_inputs(x, block_size)), contexts)
 
 
 def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -68,16 +76,17 @@ def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def check_parity(reference: nn.Module, onnx_path: Path, pt2_path: Path, contexts: torch.Tensor,
-                 targets: torch.Tensor) -> ParityReport:
-    """The report when both files match `reference` (eval mode); ParityError saying how, otherwise."""
+                 targets: torch.Tensor, block_size: int | None = None) -> ParityReport:
+    """The report when both files match `reference` (eval mode); ParityError saying how, otherwise.
+    contexts wider than block_size carry a conditional model's condition columns after the context."""
     reference.eval()
     expected = _in_chunks(reference, contexts)
     try:
-        got_onnx = onnx_logits(onnx_path, contexts)
+        got_onnx = onnx_logits(onnx_path, contexts, block_size)
     except Exception as e:  # whatever ONNX Runtime raises for a file it cannot load or run
         raise ParityError(f"ONNX Runtime cannot run {onnx_path.name}: {type(e).__name__}: {e}") from None
     try:
-        got_pt2 = pt2_logits(pt2_path, contexts)
+        got_pt2 = pt2_logits(pt2_path, contexts, block_size)
     except Exception as e:
         raise ParityError(f"torch.export cannot run {pt2_path.name}: {type(e).__name__}: {e}") from None
     report = ParityReport(

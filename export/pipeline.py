@@ -32,10 +32,9 @@ class Published:
 def _dataset(checkpoint) -> Dataset:
     """The checkpoint's own word list and split, checked against the hash recorded at training time."""
     try:
-        words = checkpoint.words()
+        dataset = checkpoint.dataset()
     except OSError as e:
         raise CheckpointError(f"{checkpoint.path}: cannot read its word list ({e.strerror})") from None
-    dataset = Dataset.from_words(words, checkpoint.meta["data"]["source"], checkpoint.vocab)
     if dataset.sha256 != checkpoint.meta["data"]["sha256"]:
         raise CheckpointError(f"{checkpoint.path}: words.txt is not the word list the model was trained on "
                               "(sha256 differs from checkpoint.json)")
@@ -43,6 +42,7 @@ def _dataset(checkpoint) -> Dataset:
 
 
 def _onnx_metadata(name: str, version: str, meta: dict, metrics: dict) -> dict[str, str]:
+    """The contract's keys; a conditional model's conditions after them."""
     metadata = {
         "name": name,
         "vocab": json.dumps(meta["vocab"], ensure_ascii=False),
@@ -54,6 +54,8 @@ def _onnx_metadata(name: str, version: str, meta: dict, metrics: dict) -> dict[s
         "test_nll": repr(metrics["test_nll"]),
     }
     assert tuple(metadata) == contract.ONNX_METADATA_KEYS
+    if meta.get("conditions"):
+        metadata[contract.ONNX_CONDITIONS_KEY] = json.dumps(meta["conditions"], ensure_ascii=False)
     return metadata
 
 
@@ -98,14 +100,14 @@ def _write_version(staging: registry.Staging, checkpoint, dataset: Dataset, refe
     against the unfolded model; returns the manifest (without the export options)."""
     meta, block_size, files = checkpoint.meta, checkpoint.block_size, staging.path
     folded = fold_batchnorms(reference)
-    program = onnx_export.export_program(folded, block_size)
+    program = onnx_export.export_program(folded, block_size, len(meta.get("conditions", [])))
     onnx_export.write_pt2(program, files / contract.PT2_FILE)
     opset = onnx_export.write_onnx(program, files / contract.ONNX_FILE,
                                    _onnx_metadata(staging.name, staging.version, meta, metrics))
     training_names = sorted(set(dataset.words))
     (files / contract.TRAINING_NAMES_FILE).write_text("\n".join(training_names) + "\n", encoding="utf-8")
     parity = check_parity(reference, files / contract.ONNX_FILE, files / contract.PT2_FILE,
-                          *dataset.contexts("val", block_size))
+                          *dataset.contexts("val", block_size), block_size=block_size)
     return {
         "format": contract.MANIFEST_FORMAT,
         "format_version": contract.MANIFEST_FORMAT_VERSION,
@@ -132,4 +134,5 @@ def _write_version(staging: registry.Staging, checkpoint, dataset: Dataset, refe
         "data_source": meta["data"]["source"],
         "training_finished": meta.get("training", {}).get("finished", True),
         "exported_with": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        **{key: meta[key] for key in ("conditions", "condition_prior") if meta.get("conditions")},
     }

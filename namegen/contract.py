@@ -5,6 +5,7 @@ written form (export and serving both import it; it imports nothing of theirs):
 
     <registry>/<name>/LATEST                      the version to serve, then a newline
     <registry>/<name>/<version>/model.onnx        input `context` int64 [batch, block_size],
+                                                  (conditional models also `condition` int64 [batch, k]),
                                                   output `logits` float32 [batch, vocab], batch dynamic
                                /model.pt2         the same program for torch.export (NAMEGEN_BACKEND=torch)
                                /training_names.txt  the distinct training names, one per line
@@ -43,9 +44,13 @@ MANIFEST_FORMAT_VERSION = 1
 
 # The ONNX graph's interface and the metadata_props export writes into it.
 ONNX_INPUT = "context"
+# A conditional model's second input: per row, one index per condition of the manifest's `conditions`,
+# 0 for "any" (the marginal over that condition) and i for its values[i - 1].
+ONNX_CONDITION = "condition"
 ONNX_OUTPUT = "logits"
 BATCH_AXIS = "batch"
 ONNX_METADATA_KEYS = ("name", "vocab", "block_size", "model_type", "version", "data_sha256", "val_nll", "test_nll")
+ONNX_CONDITIONS_KEY = "conditions"  # conditional models only: the manifest's `conditions` as JSON
 
 # Limits every part agrees on.
 MAX_NAME_LENGTH = 64  # characters, prefix included: what sampling may produce and scoring accepts
@@ -152,6 +157,10 @@ class Manifest:
     training_names: str | None  # the file of training names, if any
     metrics: dict[str, float] = field(default_factory=dict)  # train_nll, val_nll, test_nll, ...
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+    # A conditional model's conditions: (name, its values in index order 1, 2, ...), and the training
+    # frequency of each combination of values seen (indices, from 1): the prior of p(condition | name).
+    conditions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    condition_prior: tuple[tuple[tuple[int, ...], float], ...] = ()
 
 
 def validate_manifest(data, where: str) -> Manifest:
@@ -183,8 +192,38 @@ def validate_manifest(data, where: str) -> Manifest:
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                 for v in metrics.values()):
         fail("'metrics' must map names to numbers")
+    conditions, prior = validate_conditions(data.get("conditions", []), data.get("condition_prior", []), fail)
     return Manifest(data["model_type"], tuple(vocab), block_size, data["version"], dict(files), names_file,
-                    {k: float(v) for k, v in metrics.items()}, data)
+                    {k: float(v) for k, v in metrics.items()}, data, conditions, prior)
+
+
+CONDITION_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_CONDITIONS, MAX_CONDITION_VALUES = 8, 1000
+
+
+def validate_conditions(conditions, prior, fail) -> tuple[tuple, tuple]:
+    """`conditions`: [{"name", "values"}], `condition_prior`: [{"values", "p"}]; as Manifest holds them."""
+    if not isinstance(conditions, list) or len(conditions) > MAX_CONDITIONS or not all(
+            isinstance(c, dict) and isinstance(c.get("name"), str) and CONDITION_NAME.fullmatch(c["name"])
+            and isinstance(c.get("values"), list) and 1 <= len(c["values"]) <= MAX_CONDITION_VALUES
+            and all(isinstance(v, str) and v for v in c["values"]) and len(set(c["values"])) == len(c["values"])
+            for c in conditions) or len({c["name"] for c in conditions}) != len(conditions):
+        fail(f"'conditions' must list up to {MAX_CONDITIONS} {{name, values}} with distinct lowercase names "
+             f"and 1 to {MAX_CONDITION_VALUES} distinct non-empty string values")
+    parsed = tuple((c["name"], tuple(c["values"])) for c in conditions)
+    lookup = [{v: i + 1 for i, v in enumerate(values)} for _, values in parsed]
+    if not isinstance(prior, list) or (parsed and not prior):
+        fail("'condition_prior' must list the frequency of each combination of condition values")
+    combos = []
+    for entry in prior:
+        values = entry.get("values") if isinstance(entry, dict) else None
+        p = entry.get("p") if isinstance(entry, dict) else None
+        if not isinstance(values, list) or len(values) != len(parsed) or \
+                not all(isinstance(v, str) and v in known for v, known in zip(values, lookup)) or \
+                type(p) not in (int, float) or not 0 < p <= 1:
+            fail("'condition_prior' entries must be {values: one known value per condition, p: in (0, 1]}")
+        combos.append((tuple(known[v] for v, known in zip(values, lookup)), float(p)))
+    return parsed, tuple(combos)
 
 
 def read_manifest(version_dir: Path) -> Manifest:

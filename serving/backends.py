@@ -1,5 +1,8 @@
 """Forward passes: context int64 [rows, block_size] -> logits float32 [rows, vocab].
 
+A conditional model's rows are wider: the context, then one index per condition (block_size counts both
+here); the backend hands the model its two inputs, `context` and `condition`.
+
 Every forward runs on chunks of fixed shapes (the last one padded), each chunk on one single-threaded
 run. Matrix kernels may pick their blocking and reduction order from the shapes and the thread count,
 so fixed shapes on single-threaded runs make a row's logits independent of its batch: the same seed
@@ -19,7 +22,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from namegen.contract import ONNX_FILE, ONNX_INPUT, ONNX_OUTPUT, PT2_FILE
+from namegen.contract import ONNX_CONDITION, ONNX_FILE, ONNX_INPUT, ONNX_OUTPUT, PT2_FILE
 
 T = TypeVar("T")
 SMALL_CHUNK_ROWS = 64
@@ -74,8 +77,9 @@ class ChunkedBackend:
         thread, so row-wise work after the forward (sampling) is parallel too."""
         return self.map_chunks(len(context), lambda rows, size: then(rows, self._run_padded(context[rows], size)))
 
-    def check_shape_invariance(self, vocab_size: int, seed: int = 0) -> bool:
-        """Enable small chunks if a row's logits are bit-identical in a big or a small chunk at any position."""
+    def check_shape_invariance(self, vocab_size: int | np.ndarray, seed: int = 0) -> bool:
+        """Enable small chunks if a row's logits are bit-identical in a big or a small chunk at any position.
+        vocab_size: the bound of every column, or of each (a conditional model's condition columns)."""
         rng = np.random.default_rng(seed)
         context = rng.integers(0, vocab_size, (self.chunk_rows, self.block_size), dtype=np.int64)
         big = self._run_chunk(context)
@@ -99,7 +103,8 @@ class ChunkedBackend:
 class OnnxRuntimeBackend(ChunkedBackend):
     name = "onnxruntime"
 
-    def __init__(self, model_path: Path, block_size: int, chunk_rows: int, threads: int, device: str = "cpu"):
+    def __init__(self, model_path: Path, block_size: int, chunk_rows: int, threads: int, device: str = "cpu",
+                 context_columns: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -112,10 +117,18 @@ class OnnxRuntimeBackend(ChunkedBackend):
             self._session = ort.InferenceSession(str(model_path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
             raise BackendError(f"{model_path}: onnxruntime cannot load it ({e})") from None
+        inputs = [i.name for i in self._session.get_inputs()]
+        expected = [ONNX_INPUT] if context_columns is None else [ONNX_INPUT, ONNX_CONDITION]
+        if inputs != expected:
+            raise BackendError(f"{model_path}: inputs {inputs}, but the manifest implies {expected}")
+        self._split = context_columns
         super().__init__(block_size, chunk_rows, threads)
 
     def _run_chunk(self, context: np.ndarray) -> np.ndarray:
-        return self._session.run([ONNX_OUTPUT], {ONNX_INPUT: context})[0]
+        if self._split is None:
+            return self._session.run([ONNX_OUTPUT], {ONNX_INPUT: context})[0]
+        return self._session.run([ONNX_OUTPUT], {ONNX_INPUT: np.ascontiguousarray(context[:, :self._split]),
+                                                 ONNX_CONDITION: np.ascontiguousarray(context[:, self._split:])})[0]
 
 
 class TorchBackend(ChunkedBackend):
@@ -123,7 +136,8 @@ class TorchBackend(ChunkedBackend):
 
     name = "torch"
 
-    def __init__(self, program_path: Path, block_size: int, chunk_rows: int, threads: int, device: str = "cpu"):
+    def __init__(self, program_path: Path, block_size: int, chunk_rows: int, threads: int, device: str = "cpu",
+                 context_columns: int | None = None):
         import torch
 
         check_device(self.name, device)
@@ -134,11 +148,14 @@ class TorchBackend(ChunkedBackend):
             self._module = torch.export.load(str(program_path)).module().to(self._device)
         except Exception as e:  # torch raises many types for a bad archive
             raise BackendError(f"{program_path}: torch.export cannot load it ({e})") from None
+        self._split = context_columns
         super().__init__(block_size, chunk_rows, threads)
 
     def _run_chunk(self, context: np.ndarray) -> np.ndarray:
+        x = self._torch.from_numpy(context).to(self._device)
+        inputs = (x,) if self._split is None else (x[:, :self._split], x[:, self._split:])
         with self._torch.inference_mode():
-            logits = self._module(self._torch.from_numpy(context).to(self._device))
+            logits = self._module(*inputs)
         return logits.float().cpu().numpy()
 
 
@@ -164,6 +181,8 @@ WEIGHTS_FILE = {"onnxruntime": ONNX_FILE, "torch": PT2_FILE}  # what each backen
 
 
 def make_backend(kind: str, version_dir: Path, block_size: int, chunk_rows: int, threads: int,
-                 device: str) -> ChunkedBackend:
+                 device: str, conditions: int = 0) -> ChunkedBackend:
+    """conditions: a conditional model's condition count; its rows are block_size + conditions wide."""
     backend = TorchBackend if kind == "torch" else OnnxRuntimeBackend
-    return backend(version_dir / WEIGHTS_FILE[kind], block_size, chunk_rows, threads, device)
+    return backend(version_dir / WEIGHTS_FILE[kind], block_size + conditions, chunk_rows, threads, device,
+                   block_size if conditions else None)

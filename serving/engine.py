@@ -37,7 +37,7 @@ class Engine:
         self.max_name_length = max_name_length
         self.on_step = on_step  # metrics hook: rows in this step
         self.scheduler = Scheduler(max_batch_rows, max_queue, max_active_requests, model.block_size, max_name_length,
-                                   max_queued_names, queue_timeout_s)
+                                   max_queued_names, queue_timeout_s, len(model.conditions))
         self.runner = model.runner
         self.output = OutputProcessor(model.version, model.codepoints, model.encoding, model.training_names)
         self._ids = itertools.count()
@@ -61,6 +61,7 @@ class Engine:
         before anything is queued, so a bad request never reaches the step that other requests share;
         QueueFull or EngineStopped when it cannot be queued."""
         prefix_tokens = self.model.encode(params.prefix, ("prefix",))
+        condition = self.model.condition_indices(params.conditions)
         if params.n < 1:
             raise InvalidRequest(("n",), f"n must be at least 1, not {params.n}", params.n)
         if not 0 <= params.top_k <= MAX_TOP_K:
@@ -72,7 +73,7 @@ class Engine:
         try:
             self.scheduler.check_room(params.n)  # refusing costs no allocation; add() checks again, locked
             request = GenerationRequest(next(self._ids), params, prefix_tokens, params.n * self.attempts_per_name,
-                                        on_done)
+                                        on_done, condition=condition)
             self.scheduler.add(request)
         except (QueueFull, EngineStopped) as e:
             raise type(e)(f"{self.model.name}/{self.model.version}: {e}") from None

@@ -33,6 +33,7 @@ class LoadedModel:
     stoi: dict[str, int] = field(init=False)
     codepoints: np.ndarray = field(init=False)  # [vocab]: decodes token arrays in one pass (see `encoding`)
     encoding: str = field(init=False)  # latin-1 over uint8 code points when every character fits, else UTF-32
+    conditions: tuple[tuple[str, tuple[str, ...]], ...] = field(init=False)  # a conditional model's, else ()
     _users: threading.Condition = field(init=False, default_factory=threading.Condition)
     _in_use: int = field(init=False, default=0)  # scoring forwards running now
 
@@ -43,6 +44,7 @@ class LoadedModel:
         narrow = all(ord(ch) < 256 for ch in self.vocab)
         self.codepoints = np.array([ord(ch) for ch in self.vocab], dtype=np.uint8 if narrow else np.uint32)
         self.encoding = "latin-1" if narrow else "utf-32-le"
+        self.conditions = self.manifest.conditions
 
     @property
     def vocab_size(self) -> int:
@@ -60,8 +62,26 @@ class LoadedModel:
                                         + ", ".join(repr(ch) for ch in unknown), text)
         return ids
 
-    def contexts(self, encoded: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Scoring inputs: contexts int64 [N, T], targets int64 [N], and each name's row count (len + 1)."""
+    def condition_indices(self, pairs: tuple[tuple[str, str], ...]) -> tuple[int, ...]:
+        """Index per condition (0: any) for (condition, value) pairs; InvalidRequest at the pair's field
+        listing what the model allows. An unconditional model gets ()."""
+        names = [name for name, _ in self.conditions]
+        chosen = dict(pairs)
+        for name, value in pairs:
+            if name not in names:
+                allowed = f"its conditions: {', '.join(names)}" if names else \
+                    "it was trained without conditions, so it allows none; omit the field"
+                raise InvalidRequest(condition_field(name), f"model {self.name!r} has no condition {name!r} ({allowed})",
+                                     value)
+            values = self.conditions[names.index(name)][1]
+            if value not in values:
+                raise InvalidRequest(condition_field(name), f"{name} {value!r} is not among the values model "
+                                                            f"{self.name!r} was trained on: {', '.join(values)}", value)
+        return tuple(values.index(chosen[name]) + 1 if name in chosen else 0 for name, values in self.conditions)
+
+    def contexts(self, encoded: list[list[int]], condition: tuple[int, ...] = ()) -> tuple[np.ndarray, ...]:
+        """Scoring inputs: contexts int64 [N, T (+ conditions)], targets int64 [N], and each name's row count
+        (len + 1). A conditional model's rows end with `condition`, or "any" (0) for each when it is ()."""
         t = self.block_size
         rows, targets, lengths = [], [], []
         for name_ids in encoded:
@@ -71,12 +91,20 @@ class LoadedModel:
             targets.extend(ids)
             lengths.append(len(ids))
         context = np.array(rows, dtype=np.int64).reshape(-1, t)
+        if self.conditions:
+            columns = np.array(condition or (0,) * len(self.conditions), dtype=np.int64)
+            context = np.concatenate([context, np.broadcast_to(columns, (len(context), len(columns)))], axis=1)
         return context, np.array(targets, dtype=np.int64), np.array(lengths)
 
-    def token_logp(self, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def token_logp(self, names: list[str], condition: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batched forward: (log p of every character and end token float64 [N], targets, lengths).
         InvalidRequest at ("names", i) for a name with characters outside the vocabulary."""
-        context, targets, lengths = self.contexts([self.encode(name, ("names", i)) for i, name in enumerate(names)])
+        context, targets, lengths = self.contexts([self.encode(name, ("names", i)) for i, name in enumerate(names)],
+                                                  condition)
+        return self.target_logp(context, targets), targets, lengths
+
+    def target_logp(self, context: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """log p(target | context) float64 [N] in one forward."""
         with self._users:  # a reload must not close the backend under a score in flight
             self._in_use += 1
         try:
@@ -85,7 +113,7 @@ class LoadedModel:
             with self._users:
                 self._in_use -= 1
                 self._users.notify_all()
-        return logp[np.arange(len(targets)), targets], targets, lengths
+        return logp[np.arange(len(targets)), targets]
 
     def close(self, timeout: float = 60) -> None:
         with self._users:
@@ -93,9 +121,14 @@ class LoadedModel:
         self.runner.close()
 
 
+def condition_field(name: str) -> tuple:
+    """Where a condition sits in an API body: sex and decade are fields of their own, others in `conditions`."""
+    return (name,) if name in ("sex", "decade") else ("conditions", name)
+
+
 def _check_sanity(model: LoadedModel) -> None:
     """A smoke forward and the NLL of a few training names: finite, shaped, and better than uniform."""
-    logits = model.runner.backend.forward(np.zeros((1, model.block_size), dtype=np.int64))
+    logits = model.runner.backend.forward(np.zeros((1, model.block_size + len(model.conditions)), dtype=np.int64))
     if logits.shape != (1, model.vocab_size):
         raise ContractError(f"{model.name}/{model.version}: logits shape {logits.shape}, "
                             f"expected (1, {model.vocab_size})")
@@ -128,10 +161,10 @@ def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
         except UnicodeDecodeError as e:
             raise ContractError(f"{version_dir / names_file}: not UTF-8 text ({e.reason})") from None
     backend = make_backend(settings.backend, version_dir, manifest.block_size, settings.forward_chunk_rows,
-                           settings.threads, settings.device)
+                           settings.threads, settings.device, len(manifest.conditions))
     try:
         runner = ModelRunner(backend, len(manifest.vocab), manifest.block_size,
-                             int(settings.logits_table_mb * 2**20))
+                             int(settings.logits_table_mb * 2**20), tuple(len(v) + 1 for _, v in manifest.conditions))
         model = LoadedModel(name, version, manifest, runner, training_names)
         _check_sanity(model)
     except Exception as e:

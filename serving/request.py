@@ -26,6 +26,7 @@ class SamplingParams:
     max_length: int = 32
     unique: bool = False
     exclude_training: bool = False
+    conditions: tuple[tuple[str, str], ...] = ()  # (condition, value) pairs for a conditional model; others "any"
 
 
 class InvalidRequest(ValueError):
@@ -78,6 +79,7 @@ class GenerationRequest:
     status: RequestStatus = RequestStatus.WAITING
     submitted_at: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set by the caller's thread; the scheduler aborts the request at its next step
+    condition: tuple[int, ...] = ()  # a conditional model's index per condition (0: any), every row alike
     launched: int = 0  # next sample index
     live: int = 0  # rows in flight
     frontier: int = 0  # samples below it are settled: finished, and (unique) checked in index order

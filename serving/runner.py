@@ -21,34 +21,39 @@ log = logging.getLogger("namegen.runner")
 
 
 class ModelRunner:
-    def __init__(self, backend: ChunkedBackend, vocab_size: int, block_size: int, table_budget_bytes: int = 0):
+    def __init__(self, backend: ChunkedBackend, vocab_size: int, block_size: int, table_budget_bytes: int = 0,
+                 condition_sizes: tuple[int, ...] = ()):
         self.backend, self.vocab_size, self.block_size = backend, vocab_size, block_size
-        self.logits_table: np.ndarray | None = None  # float32 [vocab**block_size, vocab], see tabulate
+        self.logits_table: np.ndarray | None = None  # float32 [contexts, vocab], see tabulate
         self.table: DistributionTable | None = None  # the sampler's view of logits_table, see use_table
-        self._powers = vocab_size ** np.arange(block_size - 1, -1, -1, dtype=np.int64)  # context -> table row
-        backend.check_shape_invariance(vocab_size)
+        # A row's digits: its characters (base vocab), then a conditional model's condition indices (base:
+        # the condition's values + 1), least significant last. Digits -> table row, and back.
+        self._radices = np.array([vocab_size] * block_size + list(condition_sizes), dtype=np.int64)
+        self._powers = np.append(np.cumprod(self._radices[:0:-1])[::-1], 1).astype(np.int64)
+        self.contexts = int(np.prod(self._radices, dtype=np.float64))
+        backend.check_shape_invariance(self._radices if condition_sizes else vocab_size)
         # The budget covers the logits and the sampler's precomputed view of them, about 8x as much.
-        view = vocab_size ** block_size * DistributionTable.bytes_per_context(vocab_size)
+        view = self.contexts * DistributionTable.bytes_per_context(vocab_size)
         if self.tabulate(table_budget_bytes - view):
             self.use_table()
 
     def context_index(self, context: np.ndarray) -> np.ndarray:
-        """Table row of each context int64 [rows, block_size]: its characters as digits in base vocab."""
+        """Table row of each context int64 [rows, width]: its digits (see __init__) as one number."""
         index = context[:, 0] * self._powers[0]
-        for j in range(1, self.block_size):
+        for j in range(1, len(self._powers)):
             index += context[:, j] * self._powers[j]
         return index
 
     def tabulate(self, max_bytes: int, seed: int = 0) -> bool:
         """Compute every context's logits if they fit in max_bytes and looking them up gives bit for bit
         what the chunked forward gives; afterwards logits() reads the table."""
-        contexts = self.vocab_size ** self.block_size
+        contexts = self.contexts
         if contexts * self.vocab_size * 4 > max_bytes:
             return False
-        every = (np.arange(contexts, dtype=np.int64)[:, None] // self._powers) % self.vocab_size
+        every = (np.arange(contexts, dtype=np.int64)[:, None] // self._powers) % self._radices
         table = self.backend.forward(every)
         rng = np.random.default_rng(seed)
-        probe = rng.integers(0, self.vocab_size, (self.backend.chunk_rows + SMALL_CHUNK_ROWS + 1, self.block_size))
+        probe = rng.integers(0, self._radices, (self.backend.chunk_rows + SMALL_CHUNK_ROWS + 1, len(self._radices)))
         if not np.array_equal(table[self.context_index(probe)], self.backend.forward(probe)):
             log.warning("%s: tabulated logits differ from the chunked forward; not using the table", self.backend.name)
             return False

@@ -36,9 +36,11 @@ class QueueTimeout(Exception):
 class RowState:
     """Per-row arrays, compacted so rows [0, active) are live. Capacity max_batch_rows."""
 
-    def __init__(self, capacity: int, block_size: int, max_length: int):
+    def __init__(self, capacity: int, block_size: int, max_length: int, conditions: int = 0):
         self.active = 0
-        self.context = np.zeros((capacity, block_size), dtype=np.int64)
+        self.block_size, self.conditions = block_size, conditions
+        # The last block_size characters, then a conditional model's condition indices (set at launch).
+        self.context = np.zeros((capacity, block_size + conditions), dtype=np.int64)
         self.tokens = np.zeros((capacity, max_length + 1), dtype=np.int16)  # the name so far (prefix included)
         self.length = np.zeros(capacity, dtype=np.int64)  # characters in the name so far
         self.nll = np.zeros(capacity, dtype=np.float64)
@@ -68,7 +70,7 @@ class RowState:
 class Batch:
     """What the runner needs to pick each live row's next character; arrays [rows]."""
 
-    context: np.ndarray  # int64 [rows, block_size]: the last block_size characters, 0-padded
+    context: np.ndarray  # int64 [rows, block_size (+ conditions)]: the last characters, 0-padded (+ conditions)
     keys: np.ndarray  # uint64: the row's sampler stream
     position: np.ndarray  # int64: characters so far; with the key, it picks the row's uniform
     temperature: np.ndarray
@@ -99,14 +101,15 @@ class Scheduler:
     from any thread; the rest run on the engine thread."""
 
     def __init__(self, max_batch_rows: int, max_queue: int, max_active_requests: int, block_size: int,
-                 max_name_length: int, max_queued_names: int = 0, queue_timeout_s: float = math.inf):
+                 max_name_length: int, max_queued_names: int = 0, queue_timeout_s: float = math.inf,
+                 conditions: int = 0):
         self.max_batch_rows = max_batch_rows
         self.max_queue = max_queue  # requests waiting
         # Waiting work is bounded by its cost too: names asked for (0: no bound), and by how long it waits.
         self.max_queued_names = max_queued_names
         self.queue_timeout_s = queue_timeout_s
         self.max_active_requests = max_active_requests  # 0: any number; 1: one request at a time
-        self.rows = RowState(max_batch_rows, block_size, max_name_length)
+        self.rows = RowState(max_batch_rows, block_size, max_name_length, conditions)
         self.running: dict[int, GenerationRequest] = {}  # request table: id -> request that has had rows
         self._short_of_rows: dict[int, GenerationRequest] = {}  # running requests that want more rows, in order
         self._waiting: deque[GenerationRequest] = deque()
@@ -244,6 +247,9 @@ class Scheduler:
                 rows.tokens[start:start + count, : len(request.prefix_tokens)] = request.prefix_tokens
             start += count
         rows.context[lo:hi] = 0
+        if rows.conditions:
+            rows.context[lo:hi, rows.block_size:] = np.repeat(np.array([r.condition for r in requests], dtype=np.int64),
+                                                              counts, axis=0)
         rows.length[lo:hi] = 0
         rows.nll[lo:hi] = 0.0
         rows.active = hi
@@ -269,8 +275,9 @@ class Scheduler:
         growing = np.flatnonzero(~ended & ~too_long)
         rows.tokens[growing, length[growing]] = token[growing]
         rows.length[growing] += 1
-        rows.context[:n, :-1] = rows.context[:n, 1:]  # numpy copies overlapping views safely
-        rows.context[:n, -1] = token
+        t = rows.block_size  # the condition columns after the characters never move
+        rows.context[:n, :t - 1] = rows.context[:n, 1:t]  # numpy copies overlapping views safely
+        rows.context[:n, t - 1] = token
         finished = ended | too_long
         dropped = self._drop_stale()
         if dropped:  # rows of answered or abandoned requests are dropped, not resolved

@@ -177,3 +177,47 @@ def live_server(served_registry):
     server.wait_ready()
     yield server.url
     server.stop()
+
+
+# -- conditional models (sex, decade) ------------------------------------------------------------------
+TINY_CONDITIONAL = dict(n_embd=8, n_hidden=64, block_size=2)  # 27**2 contexts x 3 x 3 conditions: a small table
+
+
+@pytest.fixture(scope="session")
+def records_file(tmp_path_factory) -> Path:
+    """name,sex,decade CSV: every 12th SSA record (one per distinct name, sex, decade) of the 1920s and 2010s."""
+    from training.conditions import load_ssa_records
+
+    rows = ["name,sex,decade"]
+    for first, last in ((1920, 1929), (2010, 2017)):
+        names, labels = load_ssa_records(first, last)
+        rows += [f"{name},{sex},{decade}" for name, (sex, decade) in list(zip(names, labels))[::12]]
+    path = tmp_path_factory.mktemp("records") / "records.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def conditional_checkpoint(tmp_path_factory, records_file) -> Path:
+    """A tiny mlp conditioned on sex and decade, trained on records_file."""
+    from training.conditions import load_dataset
+    from training.models import ModelConfig
+    from training.train import TrainConfig, train
+
+    data = load_dataset(str(records_file), None, ("sex", "decade"))
+    out = tmp_path_factory.mktemp("conditional") / "mlp-conditional"
+    train(ModelConfig("mlp", data.vocab.size, conditions=data.conditions.sizes, **TINY_CONDITIONAL),
+          TrainConfig(steps=500, batch_size=64, lr=3e-3, optimizer="adamw", seed=1, eval_every=500), data, out,
+          progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def conditional_registry(tmp_path_factory, conditional_checkpoint, trained_checkpoints) -> Path:
+    """The tiny conditional mlp and the tiny unconditional mlp, exported (parity checked) into one registry."""
+    from export.pipeline import export_checkpoint
+
+    root = tmp_path_factory.mktemp("conditional-registry")
+    export_checkpoint(conditional_checkpoint, root, name="mlp-conditional")
+    export_checkpoint(trained_checkpoints["mlp"], root, name="mlp")
+    return root

@@ -43,8 +43,9 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def markup_registry(tmp_path_factory, served_registry) -> Path:
-    """The tiny mlp and bigram-counts, and "markup": bigram counts of names holding <b>, &, quotes."""
+def markup_registry(tmp_path_factory, served_registry, conditional_checkpoint) -> Path:
+    """The tiny mlp and bigram-counts, "markup": bigram counts of names holding <b>, &, quotes, and the tiny
+    mlp-conditional (sex, decade)."""
     from export.pipeline import export_checkpoint
     from training.data import Dataset, load_names_file
     from training.models import ModelConfig
@@ -58,6 +59,7 @@ def markup_registry(tmp_path_factory, served_registry) -> Path:
           progress=False)
     registry = shutil.copytree(served_registry, root / "registry", symlinks=True)
     export_checkpoint(root / "markup", registry, name="markup")
+    export_checkpoint(conditional_checkpoint, registry, name="mlp-conditional")
     return registry
 
 
@@ -345,6 +347,33 @@ def test_names_with_markup_and_quotes_are_shown_literally_and_run_no_script(brow
     rows = list(csv.reader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"), newline="")))
     assert rows[0] == ["name", "nll"] and [row[0] for row in rows[1:]] == shown
     assert tab.errors == []
+
+
+# -- conditional models ----------------------------------------------------------------------------------
+def test_sex_and_decade_offer_the_models_values_and_give_the_apis_names(browse, api):
+    from playwright.sync_api import expect
+
+    expected = api_names(api, model="mlp-conditional", n=6, seed=11, sex="F", decade=2010)
+    tab = browse()
+    tab.open("/?model=mlp-conditional&n=6&seed=11&sex=F&decade=2010")
+    assert shown_when_done(tab, 6) == expected
+    assert tab.page.locator("#decade option").all_text_contents() == ["any", "1920", "2010"]
+    assert tab.page.locator("#sex").input_value() == "F" and tab.page.locator("#decade").input_value() == "2010"
+    tab.page.fill("#score-name", "emma")
+    tab.page.click("#score")
+    explained = api.post("/v1/score", json={"names": ["emma"], "model": "mlp-conditional", "explain": True}).json()
+    expect(tab.page.locator("#status")).to_contain_text(f"emma sounds {explained['results'][0]['most_likely']['sex']}")
+    tab.page.select_option("#model", "mlp")  # no conditions: nothing to choose
+    assert tab.page.locator("#sex").is_disabled() and tab.page.locator("#decade").input_value() == ""
+    assert tab.errors == []
+
+
+def test_a_value_the_model_lacks_is_refused_next_to_its_field(browse):
+    from playwright.sync_api import expect
+
+    tab = browse()
+    tab.open("/?model=mlp-conditional&n=3&decade=1955")
+    expect(tab.page.locator("#decade-error")).to_contain_text("1920, 2010")
 
 
 # -- keyboard, labels, phone width -----------------------------------------------------------------------

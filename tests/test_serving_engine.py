@@ -34,6 +34,16 @@ SEEDED = [SamplingParams(n=60, seed=5), SamplingParams(n=30, seed=6, temperature
 
 def mixed_run(engine, seeded, noise_requests=40):
     """Seeded requests submitted in the middle of random traffic; returns their names in order."""
+    rng = random.Random(0)
+    noise = [SamplingParams(n=rng.randint(1, 300), seed=rng.randrange(2**63), temperature=rng.choice([0.5, 1.0, 1.5]),
+                            prefix=rng.choice(["", "a", "mar"]), unique=rng.random() < 0.3)
+             for _ in range(noise_requests)]
+    return mixed_run_of(engine, seeded, noise)
+
+
+def mixed_run_of(engine, seeded, noise):
+    """The seeded requests submitted among the noise ones in a shuffled order; the seeded ones' names."""
+    noise_requests = len(noise)
     results = {}
     done = threading.Event()
     pending = [len(seeded) + noise_requests]
@@ -48,14 +58,10 @@ def mixed_run(engine, seeded, noise_requests=40):
                     done.set()
         return record
 
-    rng = random.Random(0)
     order = [("seeded", i) for i in range(len(seeded))] + [("noise", i) for i in range(noise_requests)]
-    rng.shuffle(order)
+    random.Random(0).shuffle(order)
     for kind, i in order:
-        params = seeded[i] if kind == "seeded" else SamplingParams(
-            n=rng.randint(1, 300), seed=rng.randrange(2**63), temperature=rng.choice([0.5, 1.0, 1.5]),
-            prefix=rng.choice(["", "a", "mar"]), unique=rng.random() < 0.3)
-        engine.submit(params, finish((kind, i)))
+        engine.submit(seeded[i] if kind == "seeded" else noise[i], finish((kind, i)))
     assert done.wait(300)
     return [named(results[("seeded", i)]) for i in range(len(seeded))]
 
@@ -77,6 +83,39 @@ def test_seeded_requests_are_identical_alone_or_mixed_for_any_batch_rows_and_thr
             mismatched += sum(a != b for a, b in zip(solo, together)) + abs(len(solo) - len(together))
     assert total > 500
     assert mismatched == 0, f"{mismatched} of {total} names differ"  # names and their NLLs, exactly
+
+
+CONDITIONED = [SamplingParams(n=60, seed=5, conditions=(("sex", "F"),)),
+               SamplingParams(n=60, seed=5, conditions=(("sex", "M"), ("decade", "1920"))),
+               SamplingParams(n=40, seed=5),  # any sex, any decade
+               SamplingParams(n=30, seed=9, temperature=0.7, top_k=6, prefix="ma", conditions=(("decade", "2010"),)),
+               SamplingParams(n=25, seed=8, exclude_training=True, unique=True, conditions=(("sex", "F"),))]
+
+
+def mixed_conditions_run(engine):
+    """CONDITIONED among random traffic of random conditions: their answers, in order."""
+    rng = random.Random(1)
+    noise = [SamplingParams(n=rng.randint(1, 200), seed=rng.randrange(2**63),
+                            conditions=tuple(pair for pair in (("sex", rng.choice(["F", "M", None])),
+                                                               ("decade", rng.choice(["1920", "2010", None])))
+                                             if pair[1]))
+             for _ in range(30)]
+    return mixed_run_of(engine, CONDITIONED, noise)
+
+
+def test_seeded_requests_with_mixed_conditions_are_identical_alone_or_batched(conditional_registry):
+    # Rows of different conditions share every step; a row's names depend on its own request only.
+    reference = make_engine(conditional_registry, name="mlp-conditional", threads=1, table_mb=0)
+    alone = [named(reference.generate(p)) for p in CONDITIONED]
+    reference.stop()
+    assert alone[0] != alone[1] != alone[2]  # same seed, other conditions, other names
+    for rows, threads, table_mb in [(5, 1, 0), (100, 2, 64), (4096, 2, 0), (4096, 2, 64)]:
+        engine = make_engine(conditional_registry, name="mlp-conditional", max_batch_rows=rows, threads=threads,
+                             table_mb=table_mb)
+        assert (engine.runner.table is not None) == (table_mb > 0)
+        together = mixed_conditions_run(engine)
+        engine.stop()
+        assert together == alone, f"rows {rows}, threads {threads}, table {table_mb} MB"
 
 
 def test_logits_table_matches_the_forward_and_respects_its_budget(served_registry):
@@ -212,3 +251,13 @@ def test_engine_refuses_parameters_it_cannot_hold(served_registry):
             engine.submit(bad, lambda result: None)
     assert len(engine.generate(SamplingParams(n=2, seed=1)).names) == 2  # nothing else was disturbed
     engine.stop()
+
+
+def test_onnxruntime_and_torch_backends_agree_on_a_conditional_model(conditional_registry):
+    names = []  # the two runtimes round differently: the names agree, their NLLs to float32's precision
+    for backend in ("onnxruntime", "torch"):
+        engine = make_engine(conditional_registry, name="mlp-conditional", backend=backend, table_mb=0)
+        names.append([name for params in CONDITIONED[:3] for name in engine.generate(params).names])
+        engine.stop()
+    agreement = sum(a == b for a, b in zip(*names)) / len(names[0])
+    assert len(names[0]) == 160 and agreement >= 0.99, agreement

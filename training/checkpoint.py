@@ -69,6 +69,12 @@ class Checkpoint:
     def words(self) -> list[str]:
         return (self.path / WORDS_FILE).read_text(encoding="utf-8").splitlines()
 
+    def dataset(self):
+        """The word list (a conditional model's records) it was trained on, split as in training."""
+        from .conditions import dataset_from_lines
+
+        return dataset_from_lines(self.words(), self.meta["data"]["source"], self.vocab, self.meta)
+
 
 def save_checkpoint(out_dir: Path, model: nn.Module, meta: dict, words: list[str] | None = None,
                     history: dict | None = None, train_state: dict | None = None,

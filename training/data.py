@@ -70,7 +70,8 @@ def parse_names(text: str, source: str = "<text>") -> list[str]:
     return words
 
 
-def load_names_file(path: str | Path) -> list[str]:
+def read_text_file(path: str | Path) -> str:
+    """A names file's text; DataError when it is missing, empty or not UTF-8."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
@@ -83,7 +84,11 @@ def load_names_file(path: str | Path) -> list[str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    return parse_names(text, source=str(path))
+    return text
+
+
+def load_names_file(path: str | Path) -> list[str]:
+    return parse_names(read_text_file(path), source=str(path))
 
 
 def load_words(data: str | None = None, year: int = DEFAULT_YEAR) -> tuple[list[str], str]:
@@ -179,6 +184,13 @@ class Dataset:
     @property
     def sha256(self) -> str:
         return words_sha256(self.words)
+
+    def lines(self) -> list[str]:
+        """What the checkpoint keeps as its word list (a conditional dataset keeps its records)."""
+        return self.words
+
+    def condition_meta(self) -> dict:
+        return {}  # checkpoint.json keys of a conditional dataset (training/conditions.py)
 
     def contexts(self, part: str, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         return build_contexts(getattr(self.split, part), self.vocab, block_size)

@@ -25,9 +25,14 @@ class ModelConfig:
     init_gain: float = TANH_GAIN  # mlp, wavenet: the hidden Linears start with std init_gain / sqrt(fan_in)
     batchnorm: bool = True  # mlp, wavenet: False gives lecture 3's stack before BatchNorm, Linear -> tanh
     members: list[dict] = field(default_factory=list)  # ensemble: the members' configs
+    conditions: list[int] = field(default_factory=list)  # values + 1 ("any") per condition (conditional_models.py)
+    condition_dropout: float = 0.2  # while training, each condition of a row is "any" with this probability
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.conditions:  # an unconditional model's checkpoint.json stays as it was
+            del d["conditions"], d["condition_dropout"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -184,10 +189,11 @@ class Ensemble(nn.Module):
         if len(cfg.members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(cfg.members)}")
         self.members = nn.ModuleList(build_model(ModelConfig.from_dict(m), generator) for m in cfg.members)
-        shapes = {(m.cfg.vocab_size, m.cfg.block_size) for m in self.members}
+        shapes = {(m.cfg.vocab_size, m.cfg.block_size, tuple(m.cfg.conditions)) for m in self.members}
         if len(shapes) != 1:
-            raise ValueError(f"ensemble members differ in (vocab size, block size): {sorted(shapes)}")
-        cfg.vocab_size, cfg.block_size = shapes.pop()
+            raise ValueError(f"ensemble members differ in (vocab size, block size, conditions): {sorted(shapes)}")
+        cfg.vocab_size, cfg.block_size, conditions = shapes.pop()
+        cfg.conditions = list(conditions)  # conditional members read the same condition columns
         self.cfg = cfg
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
@@ -213,6 +219,10 @@ def build_model(cfg: ModelConfig, generator: torch.Generator | None = None) -> n
         raise ValueError(f"unknown model {cfg.model_type!r}; choose from {', '.join(MODEL_TYPES)}")
     if cfg.model_type.startswith("bigram"):
         cfg.block_size = 1  # a bigram sees only the last character
+    if cfg.conditions:
+        from .conditional_models import build_conditional
+
+        return build_conditional(cfg, generator)
     cls = MODEL_TYPES[cfg.model_type]
     return cls(cfg) if cfg.model_type in GRADIENT_FREE else cls(cfg, generator)
 

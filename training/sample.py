@@ -9,15 +9,19 @@ from .data import Vocab
 
 
 @torch.no_grad()
-def sample_names(model, vocab: Vocab, n: int, seed: int, max_length: int = MAX_NAME_LENGTH) -> list[str]:
+def sample_names(model, vocab: Vocab, n: int, seed: int, max_length: int = MAX_NAME_LENGTH,
+                 condition: list[int] | None = None) -> list[str]:
+    """condition: a conditional model's index per condition (0: any), the same for every name."""
     model.eval()
+    forward = model if condition is None else \
+        (lambda context: model(torch.cat([context, torch.tensor([condition]).expand(len(context), -1)], dim=1)))
     generator = torch.Generator().manual_seed(seed)
     block_size = model.cfg.block_size
     context = torch.zeros(n, block_size, dtype=torch.long)  # [n, T], all boundary
     out = torch.zeros(n, max_length, dtype=torch.long)
     done = torch.zeros(n, dtype=torch.bool)
     for pos in range(max_length):
-        probs = torch.softmax(model(context), dim=-1)  # [n, vocab]
+        probs = torch.softmax(forward(context), dim=-1)  # [n, vocab]
         ix = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         ix[done] = 0
         out[:, pos] = ix

@@ -81,6 +81,7 @@ def _model_and_data(model, data: Dataset) -> dict:
         "parameters": count_parameters(model),
         "split": {"seed": SPLIT_SEED, "fractions": [0.8, 0.1, 0.1], "sizes": data.split.sizes()},
         "data": {"source": data.source, "sha256": data.sha256, "num_words": len(data.words)},
+        **data.condition_meta(),
     }
 
 
@@ -129,7 +130,7 @@ def _fit_without_gradients(model, tc: TrainConfig, data: Dataset, out_dir: Path,
     start = time.perf_counter()
     model.fit(Xtr, Ytr)
     meta = _meta(model, data, replace(tc, steps=0), 0, time.perf_counter() - start, finished=True)
-    ckpt.save_checkpoint(out_dir, model, meta, words=data.words)
+    ckpt.save_checkpoint(out_dir, model, meta, words=data.lines())
     return meta
 
 
@@ -187,7 +188,7 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path,
         train_state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                        "torch_rng": torch.get_rng_state(),
                        "step": step, "wall_time_s": wall}
-        ckpt.save_checkpoint(out_dir, model, meta, words=data.words, history=history, train_state=train_state,
+        ckpt.save_checkpoint(out_dir, model, meta, words=data.lines(), history=history, train_state=train_state,
                              diagnostics=recorder.to_json() if tc.diagnostics_every else None)
         return meta
 

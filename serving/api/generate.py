@@ -39,7 +39,8 @@ async def generate_names(body: GenerateRequest, manager: ModelManager, settings:
     seed = body.seed if body.seed is not None else random.getrandbits(63)
     params = SamplingParams(n=body.n, seed=seed, temperature=body.temperature, top_k=body.top_k or 0,
                             prefix=body.prefix, min_length=body.min_length, max_length=body.max_length,
-                            unique=body.unique, exclude_training=body.exclude_training)
+                            unique=body.unique, exclude_training=body.exclude_training,
+                            conditions=body.condition_pairs())
     model_name, result = await _run(body.model, params, manager, settings)
     metrics.names_generated.labels(model_name).inc(len(result.names))
     # Plain dicts: a pydantic object per name costs more than the sampling for large n. The shape is

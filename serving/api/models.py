@@ -14,7 +14,8 @@ async def list_models(manager: ManagerDep, settings: SettingsDep) -> ModelsRespo
     infos = [ModelInfo(name=name, version=s.model.version, type=s.model.manifest.model_type,
                        vocab=list(s.model.vocab), block_size=s.model.block_size, metrics=s.model.manifest.metrics,
                        backend=settings.backend, device=settings.device,
-                       logits_table=s.model.runner.logits_table is not None)
+                       logits_table=s.model.runner.logits_table is not None,
+                       conditions={name: list(values) for name, values in s.model.conditions})
              for name, s in sorted(manager.served().items())]
     rejected = [RejectedVersion(model=name, version=version, error=error)
                 for name, (version, error) in sorted(manager.rejected().items())]

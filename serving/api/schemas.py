@@ -14,7 +14,25 @@ MAX_SCORE_NAMES = 1000
 MAX_SEED = 2**63 - 1
 
 
-class GenerateRequest(BaseModel):
+MAX_CONDITION_TEXT = 64
+ConditionText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONDITION_TEXT)]
+
+
+class ConditionFields(BaseModel):
+    """A conditional model's conditions; an omitted one means any value (the marginal over it)."""
+
+    sex: str | None = Field(None, max_length=MAX_CONDITION_TEXT, description='"F" or "M" (conditional models)')
+    decade: int | None = Field(None, ge=0, le=9999, strict=True, description="1880, 1890, ..., 2010 (conditional models)")
+    conditions: dict[ConditionText, ConditionText] | None = Field(
+        None, max_length=8, description="other conditions of a model trained on its own columns, by name")
+
+    def condition_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(condition, value) pairs the request gives, in the order LoadedModel.condition_indices checks them."""
+        pairs = [("sex", self.sex), ("decade", None if self.decade is None else str(self.decade))]
+        return tuple((name, value) for name, value in pairs + list((self.conditions or {}).items()) if value is not None)
+
+
+class GenerateRequest(ConditionFields):
     # Numbers and booleans are strict: true is not 1, 0 is not false, "10" is not 10.
     model_config = ConfigDict(extra="forbid")
 
@@ -58,11 +76,13 @@ class GenerateResponse(BaseModel):
 ScoredText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
 
 
-class ScoreRequest(BaseModel):
+class ScoreRequest(ConditionFields):
     model_config = ConfigDict(extra="forbid")
 
     names: list[ScoredText] = Field(min_length=1, max_length=MAX_SCORE_NAMES)
     model: str | None = None
+    explain: bool = Field(False, strict=True, description="conditional models: each name's posterior over the "
+                                                         "condition values, p(c | name) with p(c) the training frequencies")
 
 
 class CharScore(BaseModel):
@@ -77,6 +97,8 @@ class NameScore(BaseModel):
     nll_per_char: float
     perplexity: float
     chars: list[CharScore]
+    posterior: dict[str, dict[str, float]] | None = Field(None, description="explain: p(value | name) per condition")
+    most_likely: dict[str, str] | None = Field(None, description="explain: each condition's most likely value")
 
 
 class ScoreResponse(BaseModel):
@@ -95,6 +117,8 @@ class ModelInfo(BaseModel):
     backend: str
     device: str
     logits_table: bool  # every context's logits precomputed at load (NAMEGEN_LOGITS_TABLE_MB)
+    conditions: dict[str, list[str]] = Field(default_factory=dict, description="a conditional model's conditions "
+                                                                               "and the values each takes")
 
 
 class RejectedVersion(BaseModel):

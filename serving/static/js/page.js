@@ -66,6 +66,18 @@ async function loadModels() {
   if (listing.models.length === 0) say("The server serves no model yet; publish one (`make run` does).", "error");
 }
 
+// The sex and decade lists offer the chosen model's values; a model without them leaves both disabled.
+function showConditions() {
+  const conditions = models.get($("model").value)?.conditions ?? {};
+  for (const name of ["sex", "decade"]) {
+    const select = $(name);
+    const kept = select.value;
+    select.replaceChildren(new Option("any", ""), ...(conditions[name] ?? []).map((value) => new Option(value, value)));
+    select.disabled = !(name in conditions);
+    select.value = [...select.options].some((option) => option.value === kept) ? kept : "";
+  }
+}
+
 function chooseModel(name) {
   const select = $("model");
   if (name === undefined) return;
@@ -77,9 +89,15 @@ function chooseModel(name) {
 
 function fillForm(fields) {
   chooseModel(fields.model);
+  showConditions();
   for (const [name, kind] of Object.entries(FIELDS)) {
     if (name === "model") continue;
     if (kind === "boolean") $(name).checked = fields[name] === "true";
+    else if ($(name).tagName === "SELECT" && fields[name] !== undefined &&
+             ![...$(name).options].some((option) => option.value === fields[name])) {
+      $(name).append(new Option(fields[name], fields[name])); // sent as asked: the server's 422 lists the values
+      $(name).value = fields[name];
+    }
     else $(name).value = fields[name] ?? "";
   }
   syncSlider();
@@ -130,14 +148,23 @@ async function generate(fields, record = true) {
   else showFailure(answer, "model");
 }
 
+// "emma sounds F (0.98), most likely decade 2010 (0.31)": score explain, in words.
+function explanation(result) {
+  const parts = Object.entries(result.most_likely).map(([condition, value]) =>
+    `${condition === "sex" ? "" : `most likely ${condition} `}${value} (${result.posterior[condition][value].toFixed(2)})`);
+  return `${result.name} sounds ${parts.join(", ")}.`;
+}
+
 async function scoreName(name) {
   $("names-error").textContent = "";
   const model = $("model").value;
-  const answer = await call("/v1/score", JSON.stringify(model ? { names: [name], model } : { names: [name] }), onRetry);
+  const explain = Object.keys(models.get(model)?.conditions ?? {}).length > 0;
+  const request = { names: [name], ...(model ? { model } : {}), ...(explain ? { explain } : {}) };
+  const answer = await call("/v1/score", JSON.stringify(request), onRetry);
   if (answer.status !== 200) { showFailure(answer, "model"); return; }
   const body = JSON.parse(answer.text);
   drawChart($("chart-figure"), $("chart-title"), $("chart"), body.results[0], body.model);
-  say(`Scored by ${body.model}.`);
+  say(`Scored by ${body.model}.${explain ? " " + explanation(body.results[0]) : ""}`);
 }
 
 function wire() {
@@ -146,6 +173,7 @@ function wire() {
   $("new-seed").addEventListener("click", () => { $("seed").value = ""; generate(readForm()); });
   $("temperature-slider").addEventListener("input", (event) => { $("temperature").value = event.target.value; });
   $("temperature").addEventListener("input", syncSlider);
+  $("model").addEventListener("change", showConditions);
   $("score-form").addEventListener("submit", (event) => {
     event.preventDefault();
     if ($("score-name").value !== "") scoreName($("score-name").value);

@@ -1,0 +1,234 @@
+"""Conditional models on the SSA records: what conditioning on sex and decade buys, and what it costs.
+
+    .venv/bin/python bench/conditional.py [--steps 30000] [--years 1880-2017] [--runs 3]
+
+Trains two mlps with the CLI defaults on the same records (one per distinct name, sex and decade of the
+years) and the same split: one with `--condition sex,decade`, one without. Then, through the exported
+models and the serving engine:
+  - val NLL: conditional (true conditions), conditional with both conditions "any", unconditional;
+  - of 2,000 seeded names for sex F and 2,000 for M, the real SSA names among them, and how many of
+    those were mostly given to the asked sex;
+  - names generated for the 1920s and for the 2010s, and how often each lands in the SSA top 1,000
+    (per sex, of the decade's summed counts) of either decade;
+  - score explain on the test records: the sex of those whose name went to one sex only in that decade,
+    of all of them, and the decade within one decade;
+  - engine throughput (names/s) of the conditional model, any and mixed conditions, against the
+    unconditional one, interleaved rounds, medians.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+from common import ROOT, RUNS, machine_line, served_registry
+
+sys.path.insert(0, str(ROOT))
+
+from namegen.contract import MAX_NAME_LENGTH, read_latest  # noqa: E402
+from serving.conditions import explain  # noqa: E402
+from serving.engine import Engine, SamplingParams  # noqa: E402
+from serving.model import load_version  # noqa: E402
+from serving.settings import Settings  # noqa: E402
+from training.checkpoint import load_checkpoint  # noqa: E402
+from training.conditions import ssa_decade_counts, val_nll_by_condition  # noqa: E402
+from training.models import nll  # noqa: E402
+
+GENERATED = 2000
+TOP = 1000
+COMMON = 1000  # births over the years: a name this common has a sex that means something
+
+
+def train_pair(steps: int, years: str) -> dict[str, object]:
+    """runs/bench-conditional-{cond,plain}: trained side by side, one core each; reused once finished."""
+    outs = {"mlp-conditional": RUNS / "bench-conditional-cond", "mlp-records": RUNS / "bench-conditional-plain"}
+    extra = {"mlp-conditional": ["--condition", "sex,decade"], "mlp-records": []}
+    running = []
+    for name, out in outs.items():
+        meta = out / "checkpoint.json"
+        if meta.is_file() and json.loads(meta.read_text())["training"].get("steps") == steps and \
+                json.loads(meta.read_text())["training"]["finished"]:
+            print(f"reusing {out} (delete it to train again)", file=sys.stderr)
+            continue
+        command = [sys.executable, "-m", "training", "train", "--model", "mlp", "--years", years, *extra[name],
+                   "--steps", str(steps), "--eval-every", str(steps), "--out", str(out), "--overwrite", "--no-plots",
+                   "--quiet"]
+        running.append(subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    if any(p.wait() for p in running):
+        sys.exit("error: training failed")
+    return outs
+
+
+def ssa_counts(first: int, last: int):
+    """(name -> {sex: count}, decade -> its top names of each sex, (name, decade) -> sexes) over the years."""
+    by_sex, top, sexes = defaultdict(lambda: defaultdict(int)), defaultdict(set), defaultdict(set)
+    ranked = defaultdict(int)  # (decade, sex) -> names taken so far: records come by count, descending
+    for row in ssa_decade_counts(first, last):
+        name, decade, sex = row["name"], row["decade"], row["sex"]
+        by_sex[name][sex] += row["n_sum"]
+        sexes[name, str(decade)].add(sex)
+        if ranked[decade, sex] < TOP:
+            top[decade].add(name)
+            ranked[decade, sex] += 1
+    return by_sex, top, sexes
+
+
+def nll_figures(paths: dict) -> dict:
+    cond, plain = load_checkpoint(paths["mlp-conditional"]), load_checkpoint(paths["mlp-records"])
+    data = cond.dataset()
+    by_condition = dict(val_nll_by_condition(cond.model, data, cond.block_size))
+    X, Y = data.contexts("val", cond.block_size)
+    plain_val = nll(plain.model, X[:, : cond.block_size], Y)
+    return {"conditional": nll(cond.model, X, Y), "any": by_condition["any"], "unconditional": plain_val,
+            "records": len(data.words), "split": data.split.sizes(), "by_condition": by_condition, "data": data}
+
+
+def generate(engine: Engine, conditions: tuple, seed: int) -> list[str]:
+    return engine.generate(SamplingParams(n=GENERATED, seed=seed, conditions=conditions)).names
+
+
+def sex_figures(engine: Engine, by_sex) -> list[str]:
+    lines = []
+    for sex, other in (("F", "M"), ("M", "F")):
+        names = generate(engine, (("sex", sex),), seed=1)
+        real = [n for n in names if n in by_sex]
+        mostly = sum(by_sex[n][sex] > by_sex[n][other] for n in real)
+        # Rare names (a handful of babies in 138 years) are most of the real names hit; their sex is noise.
+        common = [n for n in real if by_sex[n][sex] + by_sex[n][other] >= COMMON]
+        common_mostly = sum(by_sex[n][sex] > by_sex[n][other] for n in common)
+        lines.append(f"  sex {sex}: {len(real)} of {GENERATED} generated names are SSA names; {mostly} of them "
+                     f"({mostly / max(len(real), 1):.1%}) were mostly given to {sex}; of the {len(common)} given to "
+                     f"at least {COMMON:,} babies, {common_mostly} ({common_mostly / max(len(common), 1):.1%})")
+    return lines
+
+
+def decade_figures(engine: Engine, top) -> list[str]:
+    generated = {decade: generate(engine, (("decade", str(decade)),), seed=2) for decade in (1920, 2010)}
+    lines = []
+    for target in (1920, 2010):
+        rates = {asked: sum(n in top[target] for n in names) / GENERATED for asked, names in generated.items()}
+        lines.append(f"  in the SSA top {TOP} (per sex) of the {target}s: names generated for 1920 "
+                     f"{rates[1920]:.1%}, for 2010 {rates[2010]:.1%}")
+    return lines
+
+
+def explain_figures(model, data, sexes) -> list[str]:
+    """score explain on every test record: sex right (single-sex name-decades, all), decade within one."""
+    words, labels = data.split.test, data.label_split["test"]
+    distinct = sorted(set(words))
+    guesses = {}
+    for i in range(0, len(distinct), 500):
+        chunk = distinct[i:i + 500]
+        guesses.update(zip(chunk, (r["most_likely"] for r in explain(model, chunk, (0, 0)))))
+    single = [(w, sex) for w, (sex, decade) in zip(words, labels) if len(sexes[w, decade]) == 1]
+    single_right = sum(guesses[w]["sex"] == sex for w, sex in single)
+    all_right = sum(guesses[w]["sex"] == sex for w, (sex, _) in zip(words, labels))
+    near = sum(abs(int(guesses[w]["decade"]) - int(decade)) <= 10 for w, (_, decade) in zip(words, labels))
+    exact = sum(guesses[w]["decade"] == decade for w, (_, decade) in zip(words, labels))
+    n = len(words)
+    return [f"  sex, test records whose name went to one sex only in that decade: {single_right:,} of "
+            f"{len(single):,} ({single_right / len(single):.1%})",
+            f"  sex, all {n:,} test records: {all_right:,} ({all_right / n:.1%})",
+            f"  decade within +-1 decade: {near:,} ({near / n:.1%}); exact: {exact:,} ({exact / n:.1%})"]
+
+
+def mixed_conditions(n: int, seed: int) -> list[SamplingParams]:
+    """n names as 100 requests, each with a random sex and decade (either may be left out)."""
+    rng = random.Random(seed)
+    sexes, decades = [None, "F", "M"], [None] + [str(d) for d in range(1880, 2020, 10)]
+    pairs = [tuple((k, v) for k, v in (("sex", rng.choice(sexes)), ("decade", rng.choice(decades))) if v)
+             for _ in range(100)]
+    return [SamplingParams(n=n // 100, seed=seed * 1000 + i, conditions=c) for i, c in enumerate(pairs)]
+
+
+def run_all(engine: Engine, requests: list[SamplingParams]) -> None:
+    """Submit every request at once (they share steps), wait for all."""
+    import threading
+
+    left, done = [len(requests)], threading.Event()
+
+    def finish(_result):
+        left[0] -= 1  # the engine thread is the only writer
+        if not left[0]:
+            done.set()
+
+    for params in requests:
+        engine.submit(params, finish)
+    done.wait()
+
+
+def engine_figures(registry, runs: int, names: int, table_mb: float) -> list[str]:
+    engines = {}
+    for label, name, mb in (("unconditional, logits table", "mlp-records", Settings().logits_table_mb),
+                            ("unconditional, computed", "mlp-records", 0.0),
+                            ("conditional, computed", "mlp-conditional", 0.0),
+                            ("conditional, logits table", "mlp-conditional", table_mb)):
+        loaded = load_version(Settings(registry=registry, threads=2, logits_table_mb=mb), name,
+                              read_latest(registry, name))
+        if mb and loaded.runner.table is None:
+            loaded.close()
+            continue
+        engines[label] = Engine(loaded, 4096, max_queue=1000, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
+        engines[label].generate(SamplingParams(n=2000, seed=0))  # warm-up
+    gc.freeze()
+    rates = defaultdict(list)
+    for i in range(runs):  # rounds interleave every setting: drift in this shared machine hits them alike
+        for label, engine in engines.items():
+            for kind, requests in (("any", [SamplingParams(n=names, seed=i + 1)]),
+                                   ("mixed", mixed_conditions(names, i + 1))):
+                if kind == "mixed" and label.startswith("unconditional"):
+                    continue
+                start = time.perf_counter()
+                run_all(engine, requests)
+                rates[f"{label}, {kind} conditions" if label.startswith("conditional") else label].append(
+                    names / (time.perf_counter() - start))
+    for engine in engines.values():
+        engine.stop()
+        engine.model.close()
+    return [f"  {label:<45} {statistics.median(v):>11,.0f} names/s ({min(v):,.0f}-{max(v):,.0f})"
+            for label, v in rates.items()]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=30000, help="training steps of each model (the mlp's default)")
+    p.add_argument("--years", default="1880-2017", help="SSA years FIRST-LAST")
+    p.add_argument("--runs", type=int, default=3, help="engine rounds; figures are medians over them")
+    p.add_argument("--names", type=int, default=200_000, help="names per engine run")
+    p.add_argument("--table-mb", type=float, default=800.0, help="NAMEGEN_LOGITS_TABLE_MB for the conditional "
+                                                                  "model's table run (0: skip it)")
+    args = p.parse_args()
+    paths = train_pair(args.steps, args.years)
+    first, last = map(int, args.years.split("-"))
+    figures = nll_figures(paths)
+    registry = served_registry(paths)
+    by_sex, top, sexes = ssa_counts(first, last)
+    settings = Settings(registry=registry, threads=2)
+    model = load_version(settings, "mlp-conditional", read_latest(registry, "mlp-conditional"))
+    engine = Engine(model, 4096, max_queue=100, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
+    lines = sex_figures(engine, by_sex) + decade_figures(engine, top)
+    engine.stop()
+    lines += explain_figures(model, figures["data"], sexes)
+    model.close()
+    print(machine_line("conditional"))
+    print(f"SSA {args.years}: {figures['records']:,} records (name, sex, decade), split {figures['split']}; "
+          f"two mlps (CLI defaults, {args.steps} steps), same records and split")
+    print(f"  val NLL: conditional {figures['conditional']:.4f}, conditional with sex and decade 'any' "
+          f"{figures['any']:.4f}, unconditional {figures['unconditional']:.4f} "
+          f"(any - unconditional {figures['any'] - figures['unconditional']:+.4f})")
+    print("  val NLL per value: " + ", ".join(f"{k} {v:.3f}" for k, v in figures["by_condition"].items() if k != "any"))
+    print("\n".join(lines))
+    print(f"engine (in process, max_batch_rows 4096, 2 threads), medians of {args.runs} interleaved rounds, "
+          f"{args.names:,} names per run:")
+    print("\n".join(engine_figures(registry, args.runs, args.names, args.table_mb)))
+
+
+if __name__ == "__main__":
+    main()
