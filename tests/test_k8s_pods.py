@@ -16,6 +16,7 @@ import collections
 import copy
 import json
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -76,11 +77,12 @@ class KubePlay:
     def find(self, kind: str, name: str) -> dict:
         return kube.find(self.docs, kind, name + self.suffix)
 
-    def play(self, name: str, docs: list[dict]) -> None:
+    def play(self, name: str, docs: list[dict], check: bool = True) -> subprocess.CompletedProcess:
+        """`podman kube play` of these documents, kept in a file for `--down`."""
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump_all(docs))
         self.played.append(path)
-        self.podman("kube", "play", path, timeout=600)
+        return self.podman("kube", "play", path, check=check, timeout=600)
 
     def serve(self) -> None:
         self.play("serve", [self.find("ConfigMap", "serve-settings"), self.find("PersistentVolumeClaim", "models"),
@@ -96,13 +98,16 @@ class KubePlay:
         os.chown(mountpoint, -1, group)
         mountpoint.chmod(0o2775)
 
-    def run_pod(self, workload: dict, name: str, settings: dict, names: str | None = None) -> Pod:
-        """The workload's pod template as a pod, train-settings' data updated, run until its last container
-        stopped. podman runs the init containers before `kube play` returns and refuses to go on when one fails."""
+    def run_pod(self, workload: dict, name: str, settings: dict, names: str | None = None, **env) -> Pod:
+        """The workload's pod template as a pod, train-settings' data updated and env added to its containers
+        (as `kubectl set env` does), run until its last container stopped. podman runs the init containers
+        before `kube play` returns and refuses to go on when one fails."""
         config = copy.deepcopy(self.find("ConfigMap", "train-settings"))
         config["data"].update(settings)
         docs = [config]
-        template = kube.pod_template(workload)
+        template = copy.deepcopy(kube.pod_template(workload))
+        for container in kube.containers(template["spec"]):
+            container.setdefault("env", []).extend({"name": k, "value": v} for k, v in env.items())
         if names is not None:  # kubectl create configmap train-names --from-file=names.txt=...
             (volume,) = [v["configMap"] for v in template["spec"]["volumes"] if "configMap" in v]
             docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": volume["name"]},
@@ -110,10 +115,7 @@ class KubePlay:
         pod = Pod(f"{name}{self.suffix}", [c["name"] for c in kube.containers(template["spec"])])
         docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod.name, **template["metadata"]},
                      "spec": template["spec"]})
-        path = self.work / f"{name}.yaml"
-        path.write_text(yaml.safe_dump_all(docs))
-        self.played.append(path)
-        pod.play = self.podman("kube", "play", path, check=False, timeout=600)
+        pod.play = self.play(name, docs, check=False)
         if pod.play.returncode == 0:
             self.podman("wait", pod.container(-1), timeout=300)
         listing = json.loads(self.podman("ps", "-a", "--filter", f"pod={pod.name}", "--format", "json").stdout or "[]")
@@ -251,4 +253,8 @@ def test_retraining_under_traffic_switches_the_version_without_a_failed_request_
     assert f"LATEST {second} -> {first}" in rollback.logs[rollback.container(-1)]
     wait_until("the server to switch back by itself",
                lambda: seeded_names(kube_play.url) == (first, first_names), timeout=30)
-    kube_play.podman.phases.done("kubernetes: rollback pod")
+    forward = kube_play.run_pod(kube_play.find("CronJob", "rollback"), "rollback-to", {}, ROLLBACK_TO=second)
+    assert f"LATEST {first} -> {second}" in forward.logs[forward.container(-1)]  # --to, as the README sets it
+    wait_until("the server to switch to the named version", lambda: seeded_names(kube_play.url)[0] == second,
+               timeout=30)
+    kube_play.podman.phases.done("kubernetes: rollback pods")
