@@ -8,7 +8,7 @@ own suffix), points at the session's images, and patches replicas to 1 and a hos
 Training settings change as an operator changes them: the ConfigMap's data (kubectl patch configmap).
 
 Marker `kubernetes`; it shares the images of the compose test (conftest.py `container_images`). Everything
-it makes (pods, containers, volumes) is removed afterwards, even on failure.
+it makes (pods, containers, volumes, the infra image kube play builds) is removed afterwards, even on failure.
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ class KubePlay:
         self.played: list[Path] = []
         self.serve_container = f"serve{self.suffix}-pod-0-serve"  # podman's name for replica 0's container
         self.volumes_before = set(podman.lines("volume", "ls", "-q"))
+        self.pause_before = self._pause_images()  # kube play builds its pods' infra image the first time
 
     def _overlay(self, images) -> Path:
         """Old-style fields (bases, patchesStrategicMerge): Debian's kubectl 1.20 (kustomize 2.0) reads them too."""
@@ -132,6 +133,11 @@ class KubePlay:
             self.podman("kube", "play", "--down", path, check=False, timeout=300)
         for leftover in set(self.podman.lines("volume", "ls", "-q")) - self.volumes_before:
             self.podman("volume", "rm", "-f", leftover, check=False)
+        for image in self._pause_images() - self.pause_before:
+            self.podman("rmi", image, check=False)
+
+    def _pause_images(self) -> set[str]:
+        return set(self.podman.lines("images", "-q", "--filter", "reference=localhost/podman-pause"))
 
 
 @pytest.fixture(scope="module")
