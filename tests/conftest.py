@@ -221,3 +221,67 @@ def conditional_registry(tmp_path_factory, conditional_checkpoint, trained_check
     export_checkpoint(conditional_checkpoint, root, name="mlp-conditional")
     export_checkpoint(trained_checkpoints["mlp"], root, name="mlp")
     return root
+
+
+# -- real containers (podman), shared by test_compose.py and test_k8s_pods.py: the images are built once ------
+import containers  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def container_tools() -> float:
+    """podman, runc, docker-compose and debootstrap, from Debian's apt where missing; the seconds it took."""
+    started = time.monotonic()
+    missing = [tool for tool in containers.TOOLS if shutil.which(tool) is None]
+    if not missing:
+        return 0.0
+    apt_install(list(containers.TOOLS), missing)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def podman(container_tools, tmp_path_factory):
+    """podman with our containers.conf, and its Docker-compatible API on a socket of our own (for
+    docker-compose), stopped by its PID. Prints the time of each container phase at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("rootful podman: needs root")
+    phases = containers.Phases(container_tools)
+    work = tmp_path_factory.mktemp("podman")
+    (work / "containers.conf").write_text(containers.CONTAINERS_CONF)
+    env = {**containers.clean_environ(), "CONTAINERS_CONF": str(work / "containers.conf"),
+           "DOCKER_HOST": f"unix://{work / 'podman.sock'}",
+           "COMPOSE_DOCKER_CLI_BUILD": "0"}  # docker-compose builds through the API, no docker CLI needed
+    service = containers.start_podman_service(env, work)
+    phases.done("podman system service")
+    try:
+        yield containers.Podman(env, phases)
+    finally:
+        containers.stop_process(service)
+        print(f"container test phases:\n{phases.report()}")
+
+
+@pytest.fixture(scope="session")
+def base_image(podman):
+    """No registry to pull from: the debootstrap root file system, imported as an image."""
+    name = f"localhost/namegen-test-base:{os.getpid()}"
+    containers.import_base_image(podman, containers.debootstrap_rootfs(), name)
+    podman.phases.done("base image: debootstrap unless cached, import")
+    yield name
+    podman("rmi", name, check=False)
+
+
+@pytest.fixture(scope="session")
+def container_images(podman, base_image):
+    """serve, train and lb built once from this checkout by `docker-compose build`; removed at the end,
+    with whatever the builds left untagged and the torch wheel copied into deploy/wheelhouse."""
+    images = containers.Images(podman, base_image)
+    images_before = set(podman.lines("images", "-a", "-q", "--no-trunc"))
+    added_wheels = containers.torch_into_wheelhouse()
+    try:
+        images.build()
+        podman.phases.done("build serve, train, lb images")
+        yield images
+    finally:
+        images.remove(images_before)
+        for wheel in added_wheels:
+            wheel.unlink(missing_ok=True)
+        podman.phases.done("remove the images")
