@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ExportError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a registry it may not write, a full disk: the file and the reason, no traceback
+        print(f"error: {e.filename or 'registry'}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -167,6 +167,14 @@ def test_cli_registry_that_is_a_file_is_one_line_and_exit_2(tmp_path):
         assert result.returncode == 2 and result.stderr == f"error: registry {not_a_folder}: is a file, not a folder\n"
 
 
+def test_cli_export_into_a_registry_it_cannot_create_is_one_line_and_exit_2(tmp_path, trained_checkpoints):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_module("export", trained_checkpoints["mlp"], "--registry", blocker / "registry", "--name", "mlp")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {blocker / 'registry'}: Not a directory"), result.stderr
+
+
 def test_registry_does_not_import_torch():
     code = "import sys, export.cli, export.registry; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
