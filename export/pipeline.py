@@ -17,7 +17,7 @@ from training.checkpoint import CheckpointError, load_checkpoint
 from training.data import Dataset
 from training.models import count_parameters, nll
 
-from . import onnx_export, registry
+from . import onnx_export, registry, step_export
 from .calibrate import calibrate_batchnorms
 from .fold import fold_batchnorms
 from .parity import check_parity
@@ -60,7 +60,8 @@ def _onnx_metadata(name: str, version: str, meta: dict, metrics: dict) -> dict[s
 
 
 def export_checkpoint(checkpoint_path: str | Path, registry_dir: str | Path, name: str | None = None,
-                      calibrate: bool = False, keep: int | None = None) -> Published:
+                      calibrate: bool = False, keep: int | None = None, tables: bool = True) -> Published:
+    """tables=False exports a wavenet as before pair tables and step models (the benchmarks' baseline)."""
     if name is not None:
         registry.check_name(name)  # before the slow part
     checkpoint = load_checkpoint(checkpoint_path)
@@ -83,7 +84,7 @@ def export_checkpoint(checkpoint_path: str | Path, registry_dir: str | Path, nam
             notes.append(f"--calibrate: {meta['model_type']} has no BatchNorm; exported as trained")
     staging = registry.stage(root, name)
     try:
-        manifest = _write_version(staging, checkpoint, dataset, reference, metrics)
+        manifest = _write_version(staging, checkpoint, dataset, reference, metrics, tables)
         manifest.update(calibrated=calibrated, checkpoint=str(Path(checkpoint_path).resolve()))
         contract.validate_manifest(manifest, f"{name}/{staging.version}")  # what serving will check
         (staging.path / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
@@ -95,12 +96,15 @@ def export_checkpoint(checkpoint_path: str | Path, registry_dir: str | Path, nam
 
 
 def _write_version(staging: registry.Staging, checkpoint, dataset: Dataset, reference: torch.nn.Module,
-                   metrics: dict) -> dict:
+                   metrics: dict, tables: bool = True) -> dict:
     """Fold, write model.pt2, model.onnx and the training names into the staging folder, check their parity
     against the unfolded model; returns the manifest (without the export options)."""
     meta, block_size, files = checkpoint.meta, checkpoint.block_size, staging.path
     folded = fold_batchnorms(reference)
-    program = onnx_export.export_program(folded, block_size, len(meta.get("conditions", [])))
+    conditions = len(meta.get("conditions", []))
+    # Unconditional wavenets: levels 1-2 as pair tables, in the full graph and the step model alike (step_export.py).
+    tabled = step_export.tabled_models(folded, len(meta["vocab"])) if tables and not conditions else None
+    program = onnx_export.export_program(tabled[0] if tabled else folded, block_size, conditions)
     onnx_export.write_pt2(program, files / contract.PT2_FILE)
     opset = onnx_export.write_onnx(program, files / contract.ONNX_FILE,
                                    _onnx_metadata(staging.name, staging.version, meta, metrics))
@@ -108,6 +112,9 @@ def _write_version(staging: registry.Staging, checkpoint, dataset: Dataset, refe
     (files / contract.TRAINING_NAMES_FILE).write_text("\n".join(training_names) + "\n", encoding="utf-8")
     parity = check_parity(reference, files / contract.ONNX_FILE, files / contract.PT2_FILE,
                           *dataset.contexts("val", block_size), block_size=block_size)
+    step_model = step_export.export_step_model(
+        tabled and tabled[1], reference, files, [dataset.vocab.encode(w) for w in dataset.split.val],
+        dataset.contexts("val", block_size), _onnx_metadata(staging.name, staging.version, meta, metrics))
     return {
         "format": contract.MANIFEST_FORMAT,
         "format_version": contract.MANIFEST_FORMAT_VERSION,
@@ -123,8 +130,10 @@ def _write_version(staging: registry.Staging, checkpoint, dataset: Dataset, refe
         "metrics": metrics,
         "parity": parity.to_dict(),
         "files": {f: contract.sha256_file(files / f)
-                  for f in (contract.ONNX_FILE, contract.PT2_FILE, contract.TRAINING_NAMES_FILE)},
+                  for f in (contract.ONNX_FILE, contract.PT2_FILE, contract.TRAINING_NAMES_FILE)
+                  + ((contract.STEP_FILE,) if step_model else ())},
         "training_names": contract.TRAINING_NAMES_FILE,
+        **({"step_model": step_model} if step_model else {}),
         # Beyond the contract: what a reader may want when something looks off.
         "opset": opset,
         "io": {"input": contract.ONNX_INPUT, "output": contract.ONNX_OUTPUT, "batch_axis": contract.BATCH_AXIS},

@@ -10,6 +10,9 @@ written form (export and serving both import it; it imports nothing of theirs):
                                /model.pt2         the same program for torch.export (NAMEGEN_BACKEND=torch)
                                /training_names.txt  the distinct training names, one per line
                                /manifest.json     what the version is: see `Manifest`
+                               /model_step.onnx   optional (wavenets): the incremental step
+                                                  model, see export/step_export.py; listed in the manifest
+                                                  under 'step_model' and hashed like every file
 
 Names match NAME_PATTERN (never a leading dot: `.staging-*` and `.trash-*` folders are export's own).
 Versions are UTC timestamps (VERSION_FORMAT), so string order is creation order. A published version
@@ -37,10 +40,11 @@ MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 PT2_FILE = "model.pt2"
 TRAINING_NAMES_FILE = "training_names.txt"
-VERSION_FILES = (ONNX_FILE, PT2_FILE, MANIFEST_FILE, TRAINING_NAMES_FILE)
+VERSION_FILES = (ONNX_FILE, PT2_FILE, MANIFEST_FILE, TRAINING_NAMES_FILE)  # every version has these
+STEP_FILE = "model_step.onnx"  # only where the manifest names it ('step_model'); older versions have none
 
 MANIFEST_FORMAT = "namegen.model"
-MANIFEST_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 1  # 'step_model' is optional: manifests without it load as before
 
 # The ONNX graph's interface and the metadata_props export writes into it.
 ONNX_INPUT = "context"
@@ -49,6 +53,11 @@ ONNX_INPUT = "context"
 ONNX_CONDITION = "condition"
 ONNX_OUTPUT = "logits"
 BATCH_AXIS = "batch"
+# The step model's interface: `tail` int64 [batch, 4] (the last four characters of the context) and `left`
+# float32 [batch, levels, width] in; ONNX_OUTPUT and `nodes` float32 [batch, levels, width] out.
+STEP_TAIL = "tail"
+STEP_LEFT = "left"
+STEP_NODES = "nodes"
 ONNX_METADATA_KEYS = ("name", "vocab", "block_size", "model_type", "version", "data_sha256", "val_nll", "test_nll")
 ONNX_CONDITIONS_KEY = "conditions"  # conditional models only: the manifest's `conditions` as JSON
 
@@ -161,6 +170,26 @@ class Manifest:
     # frequency of each combination of values seen (indices, from 1): the prior of p(condition | name).
     conditions: tuple[tuple[str, tuple[str, ...]], ...] = ()
     condition_prior: tuple[tuple[tuple[int, ...], float], ...] = ()
+    step_model: StepModelSpec | None = None  # the incremental step model, if the version has one
+
+
+@dataclass(frozen=True)
+class StepModelSpec:
+    """manifest.json's 'step_model': the file and the shape of its caches past the batch axis."""
+
+    file: str
+    levels: int  # the wavenet's levels - 2 (the cached ones): `left` and `nodes` are [batch, levels, width]
+    width: int  # hidden width, every member's side by side
+
+
+def _step_model(data: dict, files: dict, fail) -> StepModelSpec | None:
+    spec = data.get("step_model")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or spec.get("file") not in files or \
+            not all(type(spec.get(k)) is int and 1 <= spec[k] <= MAX_BLOCK_SIZE * 2**10 for k in ("levels", "width")):
+        fail("'step_model' must be {'file': a file listed in 'files', 'levels': int >= 1, 'width': int >= 1}")
+    return StepModelSpec(spec["file"], spec["levels"], spec["width"])
 
 
 def validate_manifest(data, where: str) -> Manifest:
@@ -194,7 +223,8 @@ def validate_manifest(data, where: str) -> Manifest:
         fail("'metrics' must map names to numbers")
     conditions, prior = validate_conditions(data.get("conditions", []), data.get("condition_prior", []), fail)
     return Manifest(data["model_type"], tuple(vocab), block_size, data["version"], dict(files), names_file,
-                    {k: float(v) for k, v in metrics.items()}, data, conditions, prior)
+                    {k: float(v) for k, v in metrics.items()}, data, conditions, prior,
+                    _step_model(data, files, fail))
 
 
 CONDITION_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")

@@ -39,6 +39,10 @@ class Engine:
         self.scheduler = Scheduler(max_batch_rows, max_queue, max_active_requests, model.block_size, max_name_length,
                                    max_queued_names, queue_timeout_s, len(model.conditions))
         self.runner = model.runner
+        self.caches = self.runner.step_caches(max_batch_rows)  # None: no step model, every step a full forward
+        if self.caches is not None:
+            for ring, node in zip(self.caches.columns, self.caches.padding):
+                self.scheduler.rows.attach(ring, node)
         self.output = OutputProcessor(model.version, model.codepoints, model.encoding, model.training_names)
         self._ids = itertools.count()
         self.steps = 0  # steps run: the manager tells an idle engine by it
@@ -113,7 +117,7 @@ class Engine:
             return
         if self.on_step:
             self.on_step(batch.rows)
-        finished = self.scheduler.update_from_output(*self.runner.next_chars(batch))
+        finished = self.scheduler.update_from_output(*self.runner.next_chars(batch, self.caches))
         if finished is not None:
             self.scheduler.settle(self.output.process(finished))
 

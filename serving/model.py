@@ -14,6 +14,7 @@ from namegen.contract import ContractError, Manifest, read_manifest, verify_file
 from .backends import WEIGHTS_FILE, BackendError, make_backend
 from .request import InvalidRequest
 from .runner import ModelRunner
+from .step_cache import load_step_model
 from .sampler import log_softmax
 from .settings import Settings
 
@@ -153,7 +154,11 @@ def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
         raise ContractError(f"{version_dir}: a link, not a version folder of {name}")
     manifest = read_manifest(version_dir)
     names_file = manifest.training_names
-    verify_files(version_dir, manifest, [WEIGHTS_FILE[settings.backend]] + ([names_file] if names_file else []))
+    # The step model is ONNX and checked against ONNX Runtime's forward on the CPU.
+    step_spec = manifest.step_model if settings.step_cache and not manifest.conditions and \
+        (settings.backend, settings.device) == ("onnxruntime", "cpu") else None
+    verify_files(version_dir, manifest, [WEIGHTS_FILE[settings.backend]] + ([names_file] if names_file else [])
+                 + ([step_spec.file] if step_spec else []))
     training_names = frozenset()
     if names_file:
         try:
@@ -165,6 +170,8 @@ def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
     try:
         runner = ModelRunner(backend, len(manifest.vocab), manifest.block_size,
                              int(settings.logits_table_mb * 2**20), tuple(len(v) + 1 for _, v in manifest.conditions))
+        if runner.table is None:
+            runner.steps = load_step_model(version_dir, step_spec, backend, len(manifest.vocab), manifest.block_size)
         model = LoadedModel(name, version, manifest, runner, training_names)
         _check_sanity(model)
     except Exception as e:

@@ -16,6 +16,7 @@ import numpy as np
 from .backends import SMALL_CHUNK_ROWS, ChunkedBackend
 from .sampler import Distribution, DistributionTable, sample_step, uniforms
 from .scheduler import Batch
+from .step_cache import StepModel
 
 log = logging.getLogger("namegen.runner")
 
@@ -32,6 +33,7 @@ class ModelRunner:
         self._powers = np.append(np.cumprod(self._radices[:0:-1])[::-1], 1).astype(np.int64)
         self.contexts = int(np.prod(self._radices, dtype=np.float64))
         backend.check_shape_invariance(self._radices if condition_sizes else vocab_size)
+        self.steps: StepModel | None = None  # set by load_version when the version's step model may be used
         # The budget covers the logits and the sampler's precomputed view of them, about 8x as much.
         view = self.contexts * DistributionTable.bytes_per_context(vocab_size)
         if self.tabulate(table_budget_bytes - view):
@@ -84,8 +86,13 @@ class ModelRunner:
             return self.logits_table[self.context_index(context)]
         return self.backend.forward(context)
 
-    def next_chars(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """(character int64 [rows], its log-probability under the untempered model float64 [rows])."""
+    def step_caches(self, capacity: int):
+        """Rings for an engine's rows when steps run on the step model (namegen.steps.StepRings), else None."""
+        return self.steps.new_caches(capacity) if self.steps is not None and self.table is None else None
+
+    def next_chars(self, batch: Batch, caches=None) -> tuple[np.ndarray, np.ndarray]:
+        """(character int64 [rows], its log-probability under the untempered model float64 [rows]). With
+        caches (step_caches'), rows [0, batch.rows) of them are the batch's rows and steps update them."""
         if self.table is not None:  # a few gathers, on this thread
             return self.table.sample(self.context_index(batch.context), uniforms(batch.keys, batch.position),
                                      batch.temperature, batch.top_k, batch.end_allowed, batch.forced)
@@ -95,7 +102,9 @@ class ModelRunner:
                                batch.temperature[chunk], batch.top_k[chunk], batch.end_allowed[chunk],
                                batch.forced[chunk])
 
-        if self.logits_table is not None:  # tabulated, but the sampler's view failed its check
+        if caches is not None:
+            parts = self.steps.step_map(batch.context, batch.position, caches, sample)
+        elif self.logits_table is not None:  # tabulated, but the sampler's view failed its check
             index = self.context_index(batch.context)
             parts = self.backend.map_chunks(batch.rows, lambda rows, _: sample(rows, self.logits_table[index[rows]]))
         else:
@@ -104,3 +113,5 @@ class ModelRunner:
 
     def close(self) -> None:
         self.backend.close()
+        if self.steps is not None:
+            self.steps.close()

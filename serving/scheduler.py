@@ -53,6 +53,13 @@ class RowState:
         self.min_length = np.zeros(capacity, dtype=np.int64)
         self.max_length = np.zeros(capacity, dtype=np.int64)
         self._columns = [a for a in vars(self).values() if isinstance(a, np.ndarray)]
+        self.attached: list[tuple[np.ndarray, np.ndarray]] = []  # (column, its value at launch), see attach
+
+    def attach(self, column: np.ndarray, at_launch: np.ndarray) -> None:
+        """Another per-row array [capacity, ...] (the runner's caches): set to at_launch for launched rows,
+        compacted with the others."""
+        self._columns.append(column)
+        self.attached.append((column, at_launch))
 
     def keep(self, mask: np.ndarray) -> None:
         """Drop the rows where mask [active] is False: live rows from the end move into the holes (a row's
@@ -250,6 +257,8 @@ class Scheduler:
         if rows.conditions:
             rows.context[lo:hi, rows.block_size:] = np.repeat(np.array([r.condition for r in requests], dtype=np.int64),
                                                               counts, axis=0)
+        for column, value in rows.attached:
+            column[lo:hi] = value
         rows.length[lo:hi] = 0
         rows.nll[lo:hi] = 0.0
         rows.active = hi

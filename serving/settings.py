@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     forward_chunk_rows: int = Field(1024, ge=1)  # forwards run on chunks of this shape (see backends.py)
     # Precompute every context's logits and sampling view when they fit (the mlp: 27**3 contexts, 15.5 MB)
     logits_table_mb: float = Field(32.0, ge=0)  # 0: never
+    step_cache: bool = True  # models with a step model (wavenets) compute one node per level per step
     max_active_requests: int = Field(0, ge=0)  # requests sharing steps; 0: no limit, 1: one at a time
     max_queue: int = Field(256, ge=1)  # requests waiting per model before 429
     max_queued_names: int = Field(65536, ge=0)  # and names those requests ask for (0: no bound)

@@ -1,4 +1,4 @@
-"""`python -m training {train,ensemble,eval,sample,plot,diagnose}`. Bad input: one line on stderr, exit code 2."""
+"""`python -m training {train,ensemble,distill,eval,sample,plot,diagnose}`. Bad input: one line on stderr, exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     m.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
 
+    _add_distill_parser(sub)
+
     e = sub.add_parser("eval", help="print train, val and test NLL of a checkpoint")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("--data", help="evaluate on this file's split instead of the checkpoint's word list")
@@ -84,6 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("checkpoint", type=Path)
     d.add_argument("--json", action="store_true", help="the report as JSON")
     return p
+
+
+def _add_distill_parser(sub) -> None:
+    t = sub.add_parser("distill", help="train one wavenet on a teacher's soft targets (Hinton et al. 2015)")
+    t.set_defaults(model="wavenet")
+    t.add_argument("teacher", type=Path, help="checkpoint folder of the teacher (e.g. the ensemble)")
+    t.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
+    t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    t.add_argument("--temperature", type=number(float, above=0), default=1.0, help="of the soft targets (default 1)")
+    t.add_argument("--alpha", type=number(float, at_least=0, at_most=1), default=1.0,
+                   help="weight of the soft targets; 1 - alpha on the hard labels (default 1)")
+    t.add_argument("--transfer-names", type=number(int, at_least=0), default=0,
+                   help="names sampled from the teacher whose contexts join the training contexts (default 0)")
+    for option, kind in (("--steps", number(int, above=0)), ("--batch-size", number(int, above=0)),
+                         ("--lr", number(float, above=0)), ("--weight-decay", number(float, at_least=0)),
+                         ("--seed", int), ("--n-embd", number(int, above=0)), ("--n-hidden", number(int, above=0)),
+                         ("--dropout", number(float, at_least=0, below=1))):
+        t.add_argument(option, type=kind)
+    t.add_argument("--no-plots", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _train_config(args, defaults: TrainConfig) -> TrainConfig:
@@ -188,6 +210,35 @@ def cmd_ensemble(args) -> None:
           f"val {m['val_nll']:.4f} test {m['test_nll']:.4f}")
 
 
+def cmd_distill(args) -> None:
+    from .distill import DistillConfig, Distillation
+
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a folder")
+    if (args.out / META_FILE).exists() and not args.overwrite:
+        raise UsageError(f"--out {args.out}: already holds a checkpoint; use --overwrite")
+    teacher = load_checkpoint(args.teacher)
+    dataset = Dataset.from_words(teacher.words(), teacher.meta["data"]["source"], teacher.vocab)
+    tc = _train_config(args, TRAIN_DEFAULTS["wavenet"])
+    args.block_size = teacher.block_size
+    model_cfg = _model_config(args, dataset.vocab.size)
+    cfg = DistillConfig(args.temperature, args.alpha, args.transfer_names, tc.seed)
+    objective = Distillation(teacher.model, dataset, teacher.block_size, cfg, teacher.meta)
+    if args.overwrite and args.out.is_dir():
+        for stale in args.out.iterdir():
+            if stale.is_file():
+                stale.unlink()
+    meta = train(model_cfg, tc, dataset, args.out, progress=not args.quiet, objective=objective)
+    m = meta["metrics"]
+    print(f"{args.out}: {meta['model_type']} distilled from {args.teacher}, {meta['parameters']} params, "
+          f"{meta['training']['wall_time_s']:.1f}s; train {m['train_nll']:.4f} val {m['val_nll']:.4f} "
+          f"test {m['test_nll']:.4f}")
+    if not args.no_plots:
+        from .plots import write_plots
+
+        write_plots(load_checkpoint(args.out))
+
+
 def cmd_eval(args) -> None:
     from .models import nll
 
@@ -237,7 +288,7 @@ def cmd_diagnose(args) -> None:
     print(json.dumps(report, indent=2) if args.json else format_report(report, args.checkpoint))
 
 
-COMMANDS = {"train": cmd_train, "ensemble": cmd_ensemble, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot,
+COMMANDS = {"train": cmd_train, "ensemble": cmd_ensemble, "distill": cmd_distill, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot,
             "diagnose": cmd_diagnose}
 
 

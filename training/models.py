@@ -197,8 +197,14 @@ class Ensemble(nn.Module):
         self.cfg = cfg
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
-        logp = torch.stack([F.log_softmax(m(context), dim=-1) for m in self.members])  # [K, B, V]
-        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+        return self.mix([m(context) for m in self.members])
+
+    @staticmethod
+    def mix(member_logits: list[torch.Tensor]) -> torch.Tensor:
+        """log of the mean of the members' distributions; the step model (export/step_export.py) mixes
+        with the same ops, so both graphs compute it alike."""
+        logp = torch.stack([F.log_softmax(logits, dim=-1) for logits in member_logits])  # [K, B, V]
+        return torch.logsumexp(logp, dim=0) - math.log(len(member_logits))
 
 
 MODEL_TYPES: dict[str, type[nn.Module]] = {

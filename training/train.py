@@ -85,10 +85,13 @@ def _model_and_data(model, data: Dataset) -> dict:
     }
 
 
-def _meta(model, data: Dataset, tc: TrainConfig, step: int, wall_time: float, finished: bool) -> dict:
+def _meta(model, data: Dataset, tc: TrainConfig, step: int, wall_time: float, finished: bool,
+          objective=None) -> dict:
+    distillation = {} if objective is None else {"distillation": objective.describe()}
     return {
         **_model_and_data(model, data),
-        "training": {**asdict(tc), "completed_steps": step, "finished": finished, "wall_time_s": round(wall_time, 3)},
+        "training": {**asdict(tc), "completed_steps": step, "finished": finished, "wall_time_s": round(wall_time, 3),
+                     **distillation},
         "metrics": _metrics(model, data, model.cfg.block_size),
     }
 
@@ -148,12 +151,14 @@ def _restore(out_dir: Path, model, optimizer, generator: torch.Generator,
     return state["step"], state["wall_time_s"], ckpt.load_history(out_dir)
 
 
-def _train_step(model, optimizer, recorder: Recorder, tc: TrainConfig, xb, yb, step: int, lr: float) -> torch.Tensor:
+def _train_step(model, optimizer, recorder: Recorder, tc: TrainConfig, xb, yb, step: int, lr: float,
+                objective=None, ix=None) -> torch.Tensor:
     """One update at learning rate lr; the recorder's calls do nothing but on its recording steps."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     recorder.start(step, lr)
-    loss = F.cross_entropy(model(xb), yb)
+    logits = model(xb)
+    loss = F.cross_entropy(logits, yb) if objective is None else objective.loss(logits, yb, ix)
     if tc.l2:
         loss = loss + tc.l2 * model.regularisation()
     optimizer.zero_grad(set_to_none=True)
@@ -165,13 +170,14 @@ def _train_step(model, optimizer, recorder: Recorder, tc: TrainConfig, xb, yb, s
 
 
 def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path, resume: bool = False,
-          progress: bool = True) -> dict:
-    """Train, write the checkpoint folder, return its metadata. Raises Interrupted on Ctrl-C."""
+          progress: bool = True, objective=None) -> dict:
+    """Train, write the checkpoint folder, return its metadata. Raises Interrupted on Ctrl-C. An objective
+    (distill.Distillation) brings its own training contexts, loss and metadata."""
     generator = torch.Generator().manual_seed(tc.seed)
     torch.manual_seed(tc.seed)
     model = build_model(model_cfg, generator=generator)
     block_size = model.cfg.block_size
-    Xtr, Ytr = data.contexts("train", block_size)
+    Xtr, Ytr = data.contexts("train", block_size) if objective is None else objective.train_set
     Xval, Yval = data.contexts("val", block_size)
     if model_cfg.model_type in GRADIENT_FREE:
         return _fit_without_gradients(model, tc, data, out_dir, Xtr, Ytr)
@@ -184,7 +190,7 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path,
 
     def save(finished: bool) -> dict:
         wall = wall_before + time.perf_counter() - started
-        meta = _meta(model, data, tc, step, wall, finished)
+        meta = _meta(model, data, tc, step, wall, finished, objective)
         train_state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                        "torch_rng": torch.get_rng_state(),
                        "step": step, "wall_time_s": wall}
@@ -203,8 +209,8 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path,
                 ix = torch.randint(0, len(Xtr), (tc.batch_size,), generator=generator)
                 xb, yb = Xtr[ix], Ytr[ix]
             else:
-                xb, yb = Xtr, Ytr
-            loss = _train_step(model, optimizer, recorder, tc, xb, yb, step, lr)
+                ix, xb, yb = None, Xtr, Ytr
+            loss = _train_step(model, optimizer, recorder, tc, xb, yb, step, lr, objective, ix)
             step += 1
             if step % 100 == 0 or step in (1, tc.steps) or not tc.batch_size:
                 history["train"].append([step, round(loss.item(), 5)])
