@@ -94,7 +94,14 @@ def generate(engine: Engine, conditions: tuple, seed: int) -> list[str]:
     return engine.generate(SamplingParams(n=GENERATED, seed=seed, conditions=conditions)).names
 
 
-def sex_figures(engine: Engine, by_sex) -> list[str]:
+def record_ceiling(by_sex, sexes, sex: str, other: str) -> float:
+    """Of the records (name, decade) of `sex` the model is trained on, the share whose name was mostly given to
+    `sex`: what a model that samples its training records exactly would score on the sex target."""
+    names = [name for (name, _), given in sexes.items() if sex in given]
+    return sum(by_sex[n][sex] > by_sex[n][other] for n in names) / len(names)
+
+
+def sex_figures(engine: Engine, by_sex, sexes) -> list[str]:
     lines = []
     for sex, other in (("F", "M"), ("M", "F")):
         names = generate(engine, (("sex", sex),), seed=1)
@@ -105,7 +112,8 @@ def sex_figures(engine: Engine, by_sex) -> list[str]:
         common_mostly = sum(by_sex[n][sex] > by_sex[n][other] for n in common)
         lines.append(f"  sex {sex}: {len(real)} of {GENERATED} generated names are SSA names; {mostly} of them "
                      f"({mostly / max(len(real), 1):.1%}) were mostly given to {sex}; of the {len(common)} given to "
-                     f"at least {COMMON:,} babies, {common_mostly} ({common_mostly / max(len(common), 1):.1%})")
+                     f"at least {COMMON:,} babies, {common_mostly} ({common_mostly / max(len(common), 1):.1%}); "
+                     f"ceiling (its training records): {record_ceiling(by_sex, sexes, sex, other):.1%}")
     return lines
 
 
@@ -213,7 +221,7 @@ def main() -> None:
     settings = Settings(registry=registry, threads=2)
     model = load_version(settings, "mlp-conditional", read_latest(registry, "mlp-conditional"))
     engine = Engine(model, 4096, max_queue=100, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
-    lines = sex_figures(engine, by_sex) + decade_figures(engine, top)
+    lines = sex_figures(engine, by_sex, sexes) + decade_figures(engine, top)
     engine.stop()
     lines += explain_figures(model, figures["data"], sexes)
     model.close()
