@@ -61,28 +61,34 @@ class ConditionalBigramNeural(BigramNeural):
         return self.weight[last] + self.embedding_conditions(condition * self.cfg.vocab_size, offset=last[:, None])
 
 
-class ConditionalMLP(MLP):
-    def __init__(self, cfg: ModelConfig, generator: torch.Generator | None = None):
-        super().__init__(cfg, generator)
+class _ConditionedEmbedding:
+    """The mlp's and the wavenet's conditioning: each condition's embedding added to every character's."""
+
+    def _add_condition_embedding(self, cfg: ModelConfig, generator: torch.Generator | None) -> None:
         self.embedding_conditions = ConditionEmbedding(cfg.conditions, cfg.n_embd, cfg.condition_dropout,
                                                        generator, std=1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
         context, condition = _split(self.cfg, x)
-        e = self.embedding(context) + self.embedding_conditions(condition)[:, None, :]  # [B, T, n_embd]
-        return self.head(self.hidden(e.flatten(1)))
+        return self.embedding(context) + self.embedding_conditions(condition)[:, None, :]  # [B, T, n_embd]
 
 
-class ConditionalWaveNet(WaveNet):
+class ConditionalMLP(_ConditionedEmbedding, MLP):
     def __init__(self, cfg: ModelConfig, generator: torch.Generator | None = None):
         super().__init__(cfg, generator)
-        self.embedding_conditions = ConditionEmbedding(cfg.conditions, cfg.n_embd, cfg.condition_dropout,
-                                                       generator, std=1.0)
+        self._add_condition_embedding(cfg, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        context, condition = _split(self.cfg, x)
-        e = self.embedding(context) + self.embedding_conditions(condition)[:, None, :]  # [B, T, n_embd]
-        return self.head(self.hidden(e))
+        return self.head(self.hidden(self.embed(x).flatten(1)))
+
+
+class ConditionalWaveNet(_ConditionedEmbedding, WaveNet):
+    def __init__(self, cfg: ModelConfig, generator: torch.Generator | None = None):
+        super().__init__(cfg, generator)
+        self._add_condition_embedding(cfg, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(self.embed(x)))
 
 
 CONDITIONAL_TYPES = {"bigram-neural": ConditionalBigramNeural, "mlp": ConditionalMLP, "wavenet": ConditionalWaveNet}
