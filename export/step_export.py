@@ -8,7 +8,7 @@ float64): the full-context graph (model.onnx, model.pt2) computes levels 1-2 tha
 block 8 one matrix product per row. From block 16 on, the step model does less again: the pairing is fixed
 relative to the window's end, so when the window slides by one character only the newest node of each
 level is new, and its left child was computed 2**(l-1) steps earlier. A row keeps, for each level l >= 3,
-a ring of its last 2**(l-1) level-(l-1) nodes (namegen/steps.py).
+a ring of its last 2**(l-1) level-(l-1) nodes (serving/step_rings.py).
 
 Step interface (namegen.contract): inputs `tail` int64 [batch, 4] (the context's last four characters) and
 `left` float32 [batch, levels - 2, width] (the left child of each level >= 3, members side by side);
@@ -32,7 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.export import Dim
 
-from namegen import contract, steps
+from namegen import contract
+from serving import step_rings as steps
 from training.models import Ensemble, WaveNet
 
 from .errors import ExportError
@@ -188,7 +189,7 @@ def write_step_onnx(step: StepModel, path: Path, metadata: dict[str, str]) -> No
 
 
 def onnx_step_fn(path: Path):
-    """namegen.steps.StepFn running the written file in ONNX Runtime (single-threaded, as serving does)."""
+    """serving.step_rings.StepFn running the written file in ONNX Runtime (single-threaded, as serving does)."""
     session = _session(onnx.load(path))
 
     def step(tail: np.ndarray, left: np.ndarray):

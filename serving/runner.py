@@ -87,7 +87,7 @@ class ModelRunner:
         return self.backend.forward(context)
 
     def step_caches(self, capacity: int):
-        """Rings for an engine's rows when steps run on the step model (namegen.steps.StepRings), else None."""
+        """Rings for an engine's rows when steps run on the step model (step_rings.StepRings), else None."""
         return self.steps.new_caches(capacity) if self.steps is not None and self.table is None else None
 
     def next_chars(self, batch: Batch, caches=None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,5 @@
 """The step model of a version that has one (model_step.onnx): each step computes one new node per level from
-the row's cached nodes instead of its whole context (namegen/steps.py has the rings, export/step_export.py
+the row's cached nodes instead of its whole context (step_rings.py has the rings, export/step_export.py
 the graph). The caches live in the engine's row table beside the row's other columns: filled at admission,
 moved when rows are compacted, dropped when rows retire.
 
@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from namegen.contract import ONNX_OUTPUT, STEP_LEFT, STEP_NODES, STEP_TAIL, StepModelSpec
-from namegen.steps import TAIL, StepRings, padding_nodes, run_sequences
+from .step_rings import TAIL, StepRings, padding_nodes, run_sequences
 
 from .backends import SMALL_CHUNK_ROWS, BackendError, ChunkedBackend
 
-log = logging.getLogger("namegen.steps")
+log = logging.getLogger("namegen.step_cache")
 PROBE_MAX_LENGTH = 20  # probe sequences run past the block size, so every ring slot is reused
 
 
