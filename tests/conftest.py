@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,20 @@ def run_module(module: str, *args, timeout: float = 300, env: dict | None = None
     """`python -m module args...` from the repository root, output captured as text."""
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})}, **kw)
+
+
+def interrupt_training(args, out: Path, timeout: float = 120) -> str:
+    """`python -m training train ARGS --out OUT` stopped with Ctrl-C once its first checkpoint is written;
+    checks it exits 130 and returns its stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "training", "train", *map(str, args), "--out", str(out)],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not (out / "checkpoint.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=timeout)
+    assert proc.returncode == 130, stderr
+    return stderr
 
 
 def apt_install(packages: list[str], missing: list[str]) -> None:
@@ -61,7 +77,6 @@ def shared_names() -> Path:
 # -- a real registry and real servers --------------------------------------------------------------
 import re  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 
 import httpx  # noqa: E402
 

@@ -5,7 +5,7 @@ import httpx
 import onnx
 import pytest
 
-from conftest import run_module
+from conftest import interrupt_training, run_module
 from namegen.contract import ONNX_FILE, read_latest, read_manifest
 from training.conditions import Conditions, load_dataset, parse_records
 from training.data import DataError, Dataset
@@ -195,26 +195,12 @@ def test_sdk_and_cli_take_sex_decade_and_explain(conditional_server):
 
 def test_an_interrupted_conditional_run_resumes_bit_identical(tmp_path, records_file):
     # Condition dropout draws from the global generator: resuming must restore it.
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import ROOT
-
     args = ["--n-embd", "8", "--n-hidden", "32", "--steps", "2000", "--eval-every", "100", "--seed", "3",
             "--data", str(records_file), "--condition", "sex,decade", "--quiet", "--no-plots"]
     straight = run_module("training", "train", *args, "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "training", "train", *args, "--out", str(out)], cwd=ROOT,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    interrupt_training(args, out)
     assert 0 < json.loads((out / "checkpoint.json").read_text())["training"]["completed_steps"] < 2000
     resumed = run_module("training", "train", "--out", out, "--resume", "--quiet", "--no-plots")
     assert resumed.returncode == 0, resumed.stderr

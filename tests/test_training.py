@@ -1,10 +1,6 @@
 import json
-import signal
-import subprocess
-import sys
-import time
 
-from conftest import ROOT, run_module
+from conftest import interrupt_training, run_module
 from training.checkpoint import load_checkpoint
 from training.data import Dataset, load_names_file
 from training.models import ModelConfig, nll
@@ -62,14 +58,7 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_bit_identical(small_names
     assert straight.returncode == 0, straight.stderr
 
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "training", "train", *map(str, args), "--out", str(out)],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    stderr = interrupt_training(args, out)
     assert "--resume" in stderr
     meta = json.loads((out / "checkpoint.json").read_text())
     assert 0 < meta["training"]["completed_steps"] < 2500 and not meta["training"]["finished"]
