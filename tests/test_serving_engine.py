@@ -66,6 +66,14 @@ def mixed_run_of(engine, seeded, noise):
     return [named(results[("seeded", i)]) for i in range(len(seeded))]
 
 
+def mismatches(alone, mixed) -> tuple[int, int]:
+    """(names that differ, names compared) between each request's answer alone and in a mixed run; a
+    missing or extra name counts as a difference."""
+    differ = sum(sum(a != b for a, b in zip(solo, together)) + abs(len(solo) - len(together))
+                 for solo, together in zip(alone, mixed))
+    return differ, sum(len(solo) for solo in alone)
+
+
 def test_seeded_requests_are_identical_alone_or_mixed_for_any_batch_rows_and_threads(served_registry):
     # The reference computes every forward; half the mixed runs look logits up in the precomputed table.
     reference_engine = make_engine(served_registry, max_batch_rows=4096, threads=1, table_mb=0)
@@ -76,11 +84,9 @@ def test_seeded_requests_are_identical_alone_or_mixed_for_any_batch_rows_and_thr
     for rows, threads, table_mb in [(1, 1, 0), (7, 2, 32), (100, 2, 0), (4096, 2, 32)]:
         engine = make_engine(served_registry, max_batch_rows=rows, threads=threads, table_mb=table_mb)
         assert (engine.runner.table is not None) == (table_mb > 0)
-        mixed = mixed_run(engine, SEEDED, noise_requests=8 if rows == 1 else 40)
+        differ, compared = mismatches(alone, mixed_run(engine, SEEDED, noise_requests=8 if rows == 1 else 40))
         engine.stop()
-        for solo, together in zip(alone, mixed):
-            total += len(solo)
-            mismatched += sum(a != b for a, b in zip(solo, together)) + abs(len(solo) - len(together))
+        mismatched, total = mismatched + differ, total + compared
     assert total > 500
     assert mismatched == 0, f"{mismatched} of {total} names differ"  # names and their NLLs, exactly
 

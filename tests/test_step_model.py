@@ -10,7 +10,7 @@ from namegen import contract
 from serving.engine import Engine, SamplingParams
 from serving.model import load_version
 from serving.settings import Settings
-from test_serving_engine import SEEDED, mixed_run, named
+from test_serving_engine import SEEDED, mismatches, mixed_run, named
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +96,9 @@ def test_names_with_step_caches_equal_names_without_them_mixed_and_joining_mid_f
     for rows, threads, chunk in [(5, 1, 1024), (300, 2, 100), (4096, 2, 1024)]:
         engine = make_engine(step_registry, name, rows=rows, threads=threads, chunk=chunk)
         assert engine.caches is not None and engine.runner.steps is not None
-        mixed = mixed_run(engine, SEEDED, noise_requests=6 if rows == 5 else 30)
+        differ, compared = mismatches(alone, mixed_run(engine, SEEDED, noise_requests=6 if rows == 5 else 30))
         engine.stop()
-        for solo, together in zip(alone, mixed):
-            total += len(solo)
-            mismatched += sum(a != b for a, b in zip(solo, together)) + abs(len(solo) - len(together))
+        mismatched, total = mismatched + differ, total + compared
     assert total > 300
     assert mismatched == 0, f"{mismatched} of {total} names differ"  # names and their NLLs, exactly
 
