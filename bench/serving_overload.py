@@ -27,6 +27,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from common import Tally, keep_posting, machine_line, served_registry, trained_checkpoint
 from serving_http import start_server
 
@@ -55,6 +58,8 @@ class Level:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     rss_peak_mb: float = 0.0
+    steps_per_s: float = 0.0  # the engine's steps, from its /metrics
+    rows_per_step: float = 0.0
     server_cores: float = 0.0  # CPU seconds per second the server used
     client_cores: float = 0.0  # and this process, the clients
 
@@ -62,6 +67,14 @@ class Level:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def engine_steps(url: str) -> tuple[float, float]:
+    """(steps, rows) the engines ran so far: namegen_rows_per_step's count and sum."""
+    samples = {sample.name: sample.value
+               for family in text_string_to_metric_families(httpx.get(url + "/metrics").text)
+               if family.name == "namegen_rows_per_step" for sample in family.samples}
+    return samples["namegen_rows_per_step_count"], samples["namegen_rows_per_step_sum"]
 
 
 def rss_mb(pid: int) -> float:
@@ -74,7 +87,7 @@ def rss_mb(pid: int) -> float:
 async def hammer(url: str, clients: int, n: int, duration: float, pid: int, warmup_s: float = 1.0) -> Level:
     start = time.perf_counter() + warmup_s
     stop_at = start + duration
-    tally, sent_tally, peak, cpu = Arrivals(start, stop_at), Tally(start), [0.0], []
+    tally, sent_tally, peak, cpu, steps = Arrivals(start, stop_at), Tally(start), [0.0], [], []
 
     def answered(sent: float, status: int | str, payload: bytes) -> None:
         tally(sent, status, payload)
@@ -88,14 +101,17 @@ async def hammer(url: str, clients: int, n: int, duration: float, pid: int, warm
     async def measure_cpu():
         await asyncio.sleep(max(0.0, start - time.perf_counter()))
         cpu[:] = [cpu_seconds(pid), time.process_time()]
+        steps[:] = await asyncio.to_thread(engine_steps, url)
         await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
         cpu[:] = [cpu_seconds(pid) - cpu[0], time.process_time() - cpu[1]]
+        steps[:] = [b - a for a, b in zip(steps, await asyncio.to_thread(engine_steps, url))]
 
     await asyncio.gather(watch_memory(), measure_cpu(),
                          *(keep_posting(url, {"n": n}, stop_at, answered) for _ in range(clients)))
     to_last_answer = time.perf_counter() - start
     return Level(tally.names / duration, sent_tally.names / to_last_answer, len(tally.latencies), tally.failed, tally.percentile_ms(50),
-                 tally.percentile_ms(99), peak[0], cpu[0] / duration, cpu[1] / duration)
+                 tally.percentile_ms(99), peak[0], steps[0] / duration, steps[1] / max(steps[0], 1), cpu[0] / duration,
+                 cpu[1] / duration)
 
 
 def main() -> None:
@@ -129,7 +145,7 @@ def main() -> None:
     base_by_send = statistics.median(r.by_send_time for r in runs[1])
     print(f"  {'load':<6} {'clients':>7} {'names/s':>10} {'of 1x':>6} {'by send time':>13} {'of 1x':>6} {'ok':>6} "
           f"{'refused (429/503/other)':>24} "
-          f"{'p50 ms':>8} {'p99 ms':>8} {'peak RSS MB':>12} {'CPU server/client':>18}")
+          f"{'p50 ms':>8} {'p99 ms':>8} {'peak RSS MB':>12} {'CPU server/client':>18} {'steps/s':>8} {'rows/step':>9}")
     for level in LEVELS:
         rounds = runs[level]
         median = lambda attr: statistics.median(getattr(r, attr) for r in rounds)  # noqa: E731
@@ -139,7 +155,8 @@ def main() -> None:
               f"{median('by_send_time'):>13,.0f} {median('by_send_time') / base_by_send:>6.0%} "
               f"{sum(r.ok for r in rounds):>6} {refused[429]:>12}/{refused[503]}/{other:<6} {median('p50_ms'):>8.0f} "
               f"{median('p99_ms'):>8.0f} {max(r.rss_peak_mb for r in rounds):>12.0f} "
-              f"{median('server_cores'):>10.2f}/{median('client_cores'):<7.2f}")
+              f"{median('server_cores'):>10.2f}/{median('client_cores'):<7.2f} {median('steps_per_s'):>8,.0f} "
+              f"{median('rows_per_step'):>9,.0f}")
     print(f"  RSS before the load {rss_before:.0f} MB, 3 s after it {rss_after:.0f} MB "
           f"({rss_after - rss_before:+.1f} MB)")
 
