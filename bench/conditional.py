@@ -1,10 +1,10 @@
 """Conditional models on the SSA records: what conditioning on sex and decade buys, and what it costs.
 
-    .venv/bin/python bench/conditional.py [--steps 30000] [--years 1880-2017] [--runs 3]
+    .venv/bin/python bench/conditional.py [--model mlp] [--steps 30000] [--years 1880-2017] [--runs 3]
 
-Trains two mlps with the CLI defaults on the same records (one per distinct name, sex and decade of the
-years) and the same split: one with `--condition sex,decade`, one without. Then, through the exported
-models and the serving engine:
+Trains two models of the type --model (the mlp or the wavenet) with the CLI defaults on the same records (one
+per distinct name, sex and decade of the years) and the same split: one with `--condition sex,decade`, one
+without. Then, through the exported models and the serving engine:
   - val NLL: conditional (true conditions), conditional with both conditions "any", unconditional;
   - of 2,000 seeded names for sex F and 2,000 for M, the real SSA names among them, and how many of
     those were mostly given to the asked sex;
@@ -46,18 +46,20 @@ TOP = 1000
 COMMON = 1000  # births over the years: a name this common has a sex that means something
 
 
-def train_pair(steps: int, years: str) -> dict[str, object]:
-    """runs/bench-conditional-{cond,plain}: trained side by side, one core each; reused once finished."""
-    outs = {"mlp-conditional": RUNS / "bench-conditional-cond", "mlp-records": RUNS / "bench-conditional-plain"}
-    extra = {"mlp-conditional": ["--condition", "sex,decade"], "mlp-records": []}
+def train_pair(model: str, steps: int, years: str) -> dict[str, object]:
+    """runs/bench-conditional[-MODEL]-{cond,plain}: trained side by side, one core each; reused once finished."""
+    stem = "bench-conditional" if model == "mlp" else f"bench-conditional-{model}"
+    outs = {"conditional": RUNS / f"{stem}-cond", "records": RUNS / f"{stem}-plain"}
+    extra = {"conditional": ["--condition", "sex,decade"], "records": []}
     running = []
     for name, out in outs.items():
         meta = out / "checkpoint.json"
-        if meta.is_file() and json.loads(meta.read_text())["training"].get("steps") == steps and \
-                json.loads(meta.read_text())["training"]["finished"]:
+        done = json.loads(meta.read_text()) if meta.is_file() else None
+        if done and done["model_type"] == model and done["training"].get("steps") == steps and \
+                done["training"]["finished"]:
             print(f"reusing {out} (delete it to train again)", file=sys.stderr)
             continue
-        command = [sys.executable, "-m", "training", "train", "--model", "mlp", "--years", years, *extra[name],
+        command = [sys.executable, "-m", "training", "train", "--model", model, "--years", years, *extra[name],
                    "--steps", str(steps), "--eval-every", str(steps), "--out", str(out), "--overwrite", "--no-plots",
                    "--quiet"]
         running.append(subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}))
@@ -81,7 +83,7 @@ def ssa_counts(first: int, last: int):
 
 
 def nll_figures(paths: dict) -> dict:
-    cond, plain = load_checkpoint(paths["mlp-conditional"]), load_checkpoint(paths["mlp-records"])
+    cond, plain = load_checkpoint(paths["conditional"]), load_checkpoint(paths["records"])
     data = cond.dataset()
     by_condition = dict(val_nll_by_condition(cond.model, data, cond.block_size))
     X, Y = data.contexts("val", cond.block_size)
@@ -174,10 +176,10 @@ def run_all(engine: Engine, requests: list[SamplingParams]) -> None:
 
 def engine_figures(registry, runs: int, names: int, table_mb: float) -> list[str]:
     engines = {}
-    for label, name, mb in (("unconditional, logits table", "mlp-records", Settings().logits_table_mb),
-                            ("unconditional, computed", "mlp-records", 0.0),
-                            ("conditional, computed", "mlp-conditional", 0.0),
-                            ("conditional, logits table", "mlp-conditional", table_mb)):
+    for label, name, mb in (("unconditional, logits table", "records", Settings().logits_table_mb),
+                            ("unconditional, computed", "records", 0.0),
+                            ("conditional, computed", "conditional", 0.0),
+                            ("conditional, logits table", "conditional", table_mb)):
         loaded = load_version(Settings(registry=registry, threads=2, logits_table_mb=mb), name,
                               read_latest(registry, name))
         if mb and loaded.runner.table is None:
@@ -206,6 +208,7 @@ def engine_figures(registry, runs: int, names: int, table_mb: float) -> list[str
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=("mlp", "wavenet"), default="mlp", help="the model type of both models")
     p.add_argument("--steps", type=int, default=30000, help="training steps of each model (the mlp's default)")
     p.add_argument("--years", default="1880-2017", help="SSA years FIRST-LAST")
     p.add_argument("--runs", type=int, default=3, help="engine rounds; figures are medians over them")
@@ -213,13 +216,13 @@ def main() -> None:
     p.add_argument("--table-mb", type=float, default=800.0, help="NAMEGEN_LOGITS_TABLE_MB for the conditional "
                                                                   "model's table run (0: skip it)")
     args = p.parse_args()
-    paths = train_pair(args.steps, args.years)
+    paths = train_pair(args.model, args.steps, args.years)
     first, last = map(int, args.years.split("-"))
     figures = nll_figures(paths)
     registry = served_registry(paths)
     by_sex, top, sexes = ssa_counts(first, last)
     settings = Settings(registry=registry, threads=2)
-    model = load_version(settings, "mlp-conditional", read_latest(registry, "mlp-conditional"))
+    model = load_version(settings, "conditional", read_latest(registry, "conditional"))
     engine = Engine(model, 4096, max_queue=100, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
     lines = sex_figures(engine, by_sex, sexes) + decade_figures(engine, top)
     engine.stop()
@@ -227,7 +230,7 @@ def main() -> None:
     model.close()
     print(machine_line("conditional"))
     print(f"SSA {args.years}: {figures['records']:,} records (name, sex, decade), split {figures['split']}; "
-          f"two mlps (CLI defaults, {args.steps} steps), same records and split")
+          f"two {args.model}s (CLI defaults, {args.steps} steps), same records and split")
     print(f"  val NLL: conditional {figures['conditional']:.4f}, conditional with sex and decade 'any' "
           f"{figures['any']:.4f}, unconditional {figures['unconditional']:.4f} "
           f"(any - unconditional {figures['any'] - figures['unconditional']:+.4f})")
