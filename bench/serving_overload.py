@@ -8,14 +8,13 @@ names per request ((MAX_BATCH_ROWS + MAX_QUEUED_NAMES) / n, 69 at the defaults a
 are twice and ten times as many. Each client is a keep-alive connection posting /v1/generate back to
 back and sending the next request as soon as an answer comes, 429 and 503 included, with no back-off:
 the hostile case (clients that honour Retry-After only make it easier). Delivered names/s counts the
-names of 200 answers only, those that arrive within the measured window (after a second of warm-up), whenever
-they were sent: the rate the server delivers while the load lasts. (Counting the requests sent within the window
-instead, over a window stretched until their last answer, charges each level its own queueing delay: the window
-starts with a full queue of requests sent before it, served but not counted, and ends with the time its own last
-requests wait. The table prints that count too, as
-"by send time", the figure earlier versions of this benchmark reported.) Levels are interleaved over rounds and the figures are medians. Client and
-server share this machine's cores, so more clients also take CPU from the server: the ratio measures
-that too.
+names of the 200 answers that arrive within the measured window (after a second of warm-up), whenever they
+were sent: the rate the server delivers while the load lasts. The table also prints the figure earlier
+versions reported, "by send time": the names of the requests sent within the window, over the time until
+their last answer. That one charges each level its own queueing delay: the window opens on a full queue of
+requests sent before it (served, not counted) and is stretched by the wait of its own last requests.
+Levels are interleaved over rounds and the figures are medians. Client and server share this machine's
+cores, so more clients also take CPU from the server: the ratio measures that too.
 """
 from __future__ import annotations
 
@@ -101,17 +100,18 @@ async def hammer(url: str, clients: int, n: int, duration: float, pid: int, warm
     async def measure_cpu():
         await asyncio.sleep(max(0.0, start - time.perf_counter()))
         cpu[:] = [cpu_seconds(pid), time.process_time()]
-        steps[:] = await asyncio.to_thread(engine_steps, url)
+        steps[:] = [time.perf_counter(), *await asyncio.to_thread(engine_steps, url)]
         await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
         cpu[:] = [cpu_seconds(pid) - cpu[0], time.process_time() - cpu[1]]
-        steps[:] = [b - a for a, b in zip(steps, await asyncio.to_thread(engine_steps, url))]
+        steps[:] = [b - a for a, b in zip(steps, [time.perf_counter(), *await asyncio.to_thread(engine_steps, url)])]
 
     await asyncio.gather(watch_memory(), measure_cpu(),
                          *(keep_posting(url, {"n": n}, stop_at, answered) for _ in range(clients)))
     to_last_answer = time.perf_counter() - start
-    return Level(tally.names / duration, sent_tally.names / to_last_answer, len(tally.latencies), tally.failed, tally.percentile_ms(50),
-                 tally.percentile_ms(99), peak[0], steps[0] / duration, steps[1] / max(steps[0], 1), cpu[0] / duration,
-                 cpu[1] / duration)
+    seconds, engine_steps_run, rows = steps
+    return Level(tally.names / duration, sent_tally.names / to_last_answer, len(tally.latencies), tally.failed,
+                 tally.percentile_ms(50), tally.percentile_ms(99), peak[0], engine_steps_run / seconds,
+                 rows / max(engine_steps_run, 1), cpu[0] / duration, cpu[1] / duration)
 
 
 def main() -> None:

@@ -41,11 +41,12 @@ def multiply_adds(manifest: dict) -> dict[str, int]:
     counts = {"untabled": 0, "tabled": 0, "step": 0}
     for m in config["members"] or [config]:
         levels, e, h, v = m["block_size"].bit_length() - 1, m["n_embd"], m["n_hidden"], m["vocab_size"]
-        for level in range(levels):
-            nodes, fan_in = m["block_size"] >> (level + 1), 2 * (e if level == 0 else h)
-            counts["untabled"] += nodes * fan_in * h
-            counts["tabled"] += nodes * fan_in * h if level >= 2 else 0  # levels 1-2: table lookups
-            counts["step"] += fan_in * h if level >= 2 else 0  # the newest node of each level only
+        widths = [m.get("n_hidden_first") or h if levels > 1 else h] + [h] * (levels - 1)
+        for level, width in enumerate(widths):
+            nodes, fan_in = m["block_size"] >> (level + 1), 2 * (e if level == 0 else widths[level - 1])
+            counts["untabled"] += nodes * fan_in * width
+            counts["tabled"] += nodes * fan_in * width if level >= 2 else 0  # levels 1-2: table lookups
+            counts["step"] += fan_in * width if level >= 2 else 0  # the newest node of each level only
         for variant in counts:
             counts[variant] += h * v
     return counts

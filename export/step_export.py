@@ -78,9 +78,10 @@ class _TabledWaveNet(nn.Module):
                                 dim=-1).reshape(-1, 2)  # [V*V, 2]: pair index a*V + b
             level1 = torch.tanh(F.linear(folded.embedding.weight.double()[every].flatten(1),
                                          linears[0].weight.double(), linears[0].bias.double()))  # [V*V, H]
-            w2 = linears[1].weight.double()  # [H, 2H]
-            self.register_buffer("left_table", (level1 @ w2[:, : self.width].T).float())  # [V*V, H]
-            self.register_buffer("right_table", (level1 @ w2[:, self.width :].T).float())
+            w2 = linears[1].weight.double()  # [H, 2 * level 1's width], which may differ from H (n_hidden_first)
+            first = linears[0].out_features
+            self.register_buffer("left_table", (level1 @ w2[:, :first].T).float())  # [V*V, H]
+            self.register_buffer("right_table", (level1 @ w2[:, first:].T).float())
             self.register_buffer("bias2", linears[1].bias.detach().clone())
         self.upper, self.head = nn.ModuleList(linears[2:]), folded.head
 

@@ -16,7 +16,8 @@ from test_serving_engine import SEEDED, mismatches, mixed_run, named
 @pytest.fixture(scope="module")
 def step_registry(tiny_wavenet, small_names_file, tmp_path_factory):
     """Two tiny block-16 wavenets (4 levels: the step model computes one node of levels 3 and 4, the full graph
-    three), their ensemble, and the block-8 tiny wavenet (no step model), exported for real."""
+    three; the second one wider in level 1 than above), their ensemble, and the block-8 tiny wavenet (no step
+    model), exported for real."""
     from export.pipeline import export_checkpoint
     from training.cli import main
     from training.data import Dataset, load_names_file
@@ -25,8 +26,8 @@ def step_registry(tiny_wavenet, small_names_file, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("step")
     data = Dataset.from_words(load_names_file(small_names_file), str(small_names_file))
-    for out, hidden, seed in (("w1", 32, 1), ("w2", 16, 5)):
-        train(ModelConfig("wavenet", data.vocab.size, block_size=16, n_embd=8, n_hidden=hidden),
+    for out, hidden, first, seed in (("w1", 32, 0, 1), ("w2", 16, 40, 5)):
+        train(ModelConfig("wavenet", data.vocab.size, block_size=16, n_embd=8, n_hidden=hidden, n_hidden_first=first),
               TrainConfig(steps=200, batch_size=64, lr=3e-3, optimizer="adamw", seed=seed, diagnostics_every=0),
               data, root / out, progress=False)
     main(["ensemble", str(root / "w1"), str(root / "w2"), "--out", str(root / "ens")])
@@ -56,6 +57,16 @@ def test_step_model_is_exported_with_parity_hashed_and_listed(step_registry, nam
     assert contract.STEP_FILE in manifest["files"]
     assert step["parity"]["max_abs_logit_diff"] <= 1e-4
     assert abs(step["parity"]["val_nll"] - manifest["parity"]["onnx_val_nll"]) <= 1e-5
+
+
+def test_a_wider_level_1_is_folded_into_the_tables(step_registry):
+    # The ensemble's second member is 40 wide in level 1 and 16 above: its tables, steps and rings are 16 wide,
+    # and the export's parity gates (full graph and step graph) held.
+    member = json.loads((step_registry.parent / "w2" / "checkpoint.json").read_text())["model_config"]
+    assert (member["n_hidden_first"], member["n_hidden"]) == (40, 16)
+    manifest = manifest_of(step_registry, "ensemble")
+    assert manifest["step_model"]["width"] == 32 + 16
+    assert manifest["parity"]["onnx_max_abs_logit_diff"] <= 1e-4
 
 
 def test_block_8_wavenets_get_tabled_levels_but_no_step_model(step_registry):

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--block-size", type=number(int, above=0))
     t.add_argument("--n-embd", type=number(int, above=0))
     t.add_argument("--n-hidden", type=number(int, above=0))
+    t.add_argument("--n-hidden-first", type=number(int, above=0),
+                   help="wavenet: width of level 1 (default: --n-hidden); costs nothing served, level 1 is a table")
     t.add_argument("--n-layers", type=number(int, above=0))
     t.add_argument("--dropout", type=number(float, at_least=0, below=1), help="mlp, wavenet: dropout after each tanh while training")
     t.add_argument("--init-gain", type=number(float, above=0),
@@ -102,6 +104,7 @@ def _add_distill_parser(sub) -> None:
     for option, kind in (("--steps", number(int, above=0)), ("--batch-size", number(int, above=0)),
                          ("--lr", number(float, above=0)), ("--weight-decay", number(float, at_least=0)),
                          ("--seed", int), ("--n-embd", number(int, above=0)), ("--n-hidden", number(int, above=0)),
+                         ("--n-hidden-first", number(int, above=0)),
                          ("--dropout", number(float, at_least=0, below=1))):
         t.add_argument(option, type=kind)
     t.add_argument("--no-plots", action="store_true")

@@ -18,6 +18,7 @@ class ModelConfig:
     block_size: int = 3
     n_embd: int = 16  # mlp: embedding width per character
     n_hidden: int = 256  # mlp: width of every hidden layer
+    n_hidden_first: int = 0  # wavenet: width of level 1 (0: n_hidden); free when served, where level 1 is a table
     n_layers: int = 1  # mlp: number of Linear -> BatchNorm -> tanh blocks
     smoothing: float = 1.0  # bigram-counts: add-k
     bn_momentum: float = 0.01  # running statistics; the lectures used 0.001 at batch 32
@@ -32,6 +33,8 @@ class ModelConfig:
         d = asdict(self)
         if not self.conditions:  # an unconditional model's checkpoint.json stays as it was
             del d["conditions"], d["condition_dropout"]
+        if not self.n_hidden_first:  # and so does a wavenet's of one width
+            del d["n_hidden_first"]
         return d
 
     @classmethod
@@ -93,12 +96,14 @@ def _init_tanh_stack(model: nn.Module, generator: torch.Generator | None) -> Non
     model.head.bias.zero_()
 
 
-def _tanh_block(cfg: ModelConfig, fan_in: int, batchnorm: type[nn.BatchNorm1d]) -> list[nn.Module]:
-    """Linear -> BatchNorm -> tanh (-> dropout); without BatchNorm the Linear gets its bias back."""
+def _tanh_block(cfg: ModelConfig, fan_in: int, batchnorm: type[nn.BatchNorm1d], width: int = 0) -> list[nn.Module]:
+    """Linear -> BatchNorm -> tanh (-> dropout), `width` wide (0: cfg.n_hidden); without BatchNorm the Linear
+    gets its bias back."""
+    width = width or cfg.n_hidden
     if not cfg.batchnorm:
-        return [nn.Linear(fan_in, cfg.n_hidden), nn.Tanh(), *_dropout(cfg)]
-    return [nn.Linear(fan_in, cfg.n_hidden, bias=False),  # BatchNorm's shift makes a bias redundant
-            batchnorm(cfg.n_hidden, momentum=cfg.bn_momentum), nn.Tanh(), *_dropout(cfg)]
+        return [nn.Linear(fan_in, width), nn.Tanh(), *_dropout(cfg)]
+    return [nn.Linear(fan_in, width, bias=False),  # BatchNorm's shift makes a bias redundant
+            batchnorm(width, momentum=cfg.bn_momentum), nn.Tanh(), *_dropout(cfg)]
 
 
 def _dropout(cfg: ModelConfig) -> list[nn.Module]:
@@ -166,9 +171,10 @@ class WaveNet(nn.Module):
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         layers: list[nn.Module] = []
         fan_in = 2 * cfg.n_embd
-        for _ in range(levels):
-            layers += [FlattenConsecutive(2), *_tanh_block(cfg, fan_in, BatchNormLastDim)]
-            fan_in = 2 * cfg.n_hidden
+        for level in range(levels):
+            width = cfg.n_hidden_first if level == 0 and levels > 1 else cfg.n_hidden
+            layers += [FlattenConsecutive(2), *_tanh_block(cfg, fan_in, BatchNormLastDim, width)]
+            fan_in = 2 * (width or cfg.n_hidden)
         self.hidden = nn.Sequential(*layers)
         self.head = nn.Linear(cfg.n_hidden, cfg.vocab_size)
         _init_tanh_stack(self, generator)
