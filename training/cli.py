@@ -49,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--block-size", type=number(int, above=0))
     t.add_argument("--n-embd", type=number(int, above=0))
     t.add_argument("--n-hidden", type=number(int, above=0))
-    t.add_argument("--n-hidden-first", type=number(int, above=0),
-                   help="wavenet: width of level 1 (default: --n-hidden); costs nothing served, level 1 is a table")
+    t.add_argument("--n-hidden-first", type=number(int, above=0), help="wavenet: level 1's width (free when served)")
     t.add_argument("--n-layers", type=number(int, above=0))
     t.add_argument("--dropout", type=number(float, at_least=0, below=1), help="mlp, wavenet: dropout after each tanh while training")
     t.add_argument("--init-gain", type=number(float, above=0),
