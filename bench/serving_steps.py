@@ -41,7 +41,7 @@ def multiply_adds(manifest: dict) -> dict[str, int]:
     counts = {"untabled": 0, "tabled": 0, "step": 0}
     for m in config["members"] or [config]:
         levels, e, h, v = m["block_size"].bit_length() - 1, m["n_embd"], m["n_hidden"], m["vocab_size"]
-        widths = [m.get("n_hidden_first") or h if levels > 1 else h] + [h] * (levels - 1)
+        widths = [(m.get("n_hidden_first") or h) if levels > 1 else h] + [h] * (levels - 1)  # level 1 may be wider
         for level, width in enumerate(widths):
             nodes, fan_in = m["block_size"] >> (level + 1), 2 * (e if level == 0 else widths[level - 1])
             counts["untabled"] += nodes * fan_in * width

@@ -172,9 +172,9 @@ class WaveNet(nn.Module):
         layers: list[nn.Module] = []
         fan_in = 2 * cfg.n_embd
         for level in range(levels):
-            width = cfg.n_hidden_first if level == 0 and levels > 1 else cfg.n_hidden
+            width = (cfg.n_hidden_first if level == 0 and levels > 1 else 0) or cfg.n_hidden
             layers += [FlattenConsecutive(2), *_tanh_block(cfg, fan_in, BatchNormLastDim, width)]
-            fan_in = 2 * (width or cfg.n_hidden)
+            fan_in = 2 * width
         self.hidden = nn.Sequential(*layers)
         self.head = nn.Linear(cfg.n_hidden, cfg.vocab_size)
         _init_tanh_stack(self, generator)
