@@ -50,11 +50,11 @@ run: export
 # listing every published model's train/val/test NLL.
 # DATA=../shared/data/names.txt trains on the lectures' file instead of the SSA names.
 # The student is 512 wide in level 1: served, level 1 folds into the pair tables, so it costs
-# what a 128-wide wavenet costs per step.
+# what a 128-wide wavenet costs per step. Batches of 256 soft targets: val 1.9457 against 1.9503 at 128.
 BEST_SEEDS ?= 1 2 3
 BEST_DIR ?= runs/best
 BEST_ARGS ?=  # more options for every training, e.g. --steps 300 for a quick trial
-DISTILL_ARGS ?= --transfer-names 200000 --n-hidden-first 512  # `python -m training distill` options
+DISTILL_ARGS ?= --transfer-names 200000 --n-hidden-first 512 --batch-size 256  # `python -m training distill` options
 best: setup
 	@set -e; pids=""; for s in $(BEST_SEEDS); do \
 	  out=$(BEST_DIR)/wavenet-$$s; [ -f $$out/.trained ] && continue; \

@@ -6,9 +6,12 @@ here); the backend hands the model its two inputs, `context` and `condition`.
 Every forward runs on chunks of fixed shapes (the last one padded), each chunk on one single-threaded
 run. Matrix kernels may pick their blocking and reduction order from the shapes and the thread count,
 so fixed shapes on single-threaded runs make a row's logits independent of its batch: the same seed
-gives the same names whatever else the server is doing. Two shapes keep small batches cheap: big
-chunks of `chunk_rows` and small ones of SMALL_CHUNK_ROWS for the remainder, used only after a check
-at load time that a row's logits are bit-identical in either shape at any position.
+gives the same names whatever else the server is doing. The shapes are a ladder, `chunk_rows` halved
+down to SMALL_CHUNK_ROWS (as an inference server keeps a few batch sizes it has prepared): a batch
+runs as big chunks, then the largest shapes that fit what is left, and only the last few rows are
+padded. Big chunks keep the per-call cost of a step small; the smaller shapes keep a small batch from
+paying for a big one. A shape is used only after a check at load time that a row's logits are
+bit-identical in it and in the big one, at any position.
 
 Whether a model's forwards run here at all, or are looked up in a table computed with them at load,
 is the runner's decision (runner.py).
@@ -33,6 +36,15 @@ class BackendError(Exception):
     pass
 
 
+def smaller_shapes(chunk_rows: int) -> list[int]:
+    """The ladder below chunk_rows: halves while above SMALL_CHUNK_ROWS, then SMALL_CHUNK_ROWS."""
+    shapes, shape = [], chunk_rows // 2
+    while shape > SMALL_CHUNK_ROWS:
+        shapes.append(shape)
+        shape //= 2
+    return shapes + [SMALL_CHUNK_ROWS] if chunk_rows > SMALL_CHUNK_ROWS else shapes
+
+
 class ChunkedBackend:
     """Splits a batch into fixed-shape chunks and runs them on a pool of single-threaded workers."""
 
@@ -41,7 +53,7 @@ class ChunkedBackend:
     def __init__(self, block_size: int, chunk_rows: int, threads: int):
         self.block_size = block_size
         self.chunk_rows = chunk_rows
-        self.small_chunk_rows = 0  # set by check_shape_invariance when it is safe
+        self.shapes = [chunk_rows]  # chunk shapes, largest first; check_shape_invariance adds the smaller ones
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{self.name}-forward")
 
     def _run_chunk(self, context: np.ndarray) -> np.ndarray:  # [chunk rows, T] -> [chunk rows, V]
@@ -55,15 +67,21 @@ class ChunkedBackend:
         return self._run_chunk(padded)[: len(context)]
 
     def chunks(self, rows: int) -> list[tuple[int, int, int]]:
-        """(start, stop, shape) of each chunk: big ones, then small ones when the rest is small."""
-        big, small = self.chunk_rows, self.small_chunk_rows
-        plan = [(start, min(start + big, rows), big) for start in range(0, rows - rows % big, big)]
-        rest = rows % big
-        if rest and small and rest <= big // 4:
-            plan += [(start, min(start + small, rows), small) for start in range(rows - rest, rows, small)]
-        elif rest:
-            plan.append((rows - rest, rows, big))
+        """(start, stop, shape) of each chunk: big ones, then the largest shapes that fit the rest; the last
+        rows, fewer than the smallest shape, padded to it."""
+        plan, start = [], 0
+        for shape in self.shapes:
+            while rows - start >= shape:
+                plan.append((start, start + shape, shape))
+                start += shape
+        if start < rows:
+            plan.append((start, rows, self.shapes[-1]))
         return plan
+
+    @property
+    def probe_rows(self) -> int:
+        """Rows whose chunks take every shape, the smallest one padded too: what load-time checks run."""
+        return self.chunk_rows + sum(self.shapes[1:]) + 1
 
     def map_chunks(self, rows: int, fn: Callable[[slice, int], T]) -> list[T]:
         """fn(rows of the chunk, its shape) for each chunk of `rows`, in order, on the worker threads."""
@@ -77,21 +95,24 @@ class ChunkedBackend:
         thread, so row-wise work after the forward (sampling) is parallel too."""
         return self.map_chunks(len(context), lambda rows, size: then(rows, self._run_padded(context[rows], size)))
 
-    def check_shape_invariance(self, vocab_size: int | np.ndarray, seed: int = 0) -> bool:
-        """Enable small chunks if a row's logits are bit-identical in a big or a small chunk at any position.
-        vocab_size: the bound of every column, or of each (a conditional model's condition columns)."""
+    def check_shape_invariance(self, vocab_size: int | np.ndarray, seed: int = 0) -> list[int]:
+        """Add the ladder's smaller shapes in which a row's logits are bit-identical to the big chunk's at any
+        position; returns the shapes. vocab_size: the bound of every column, or of each (a conditional
+        model's condition columns)."""
         rng = np.random.default_rng(seed)
         context = rng.integers(0, vocab_size, (self.chunk_rows, self.block_size), dtype=np.int64)
         big = self._run_chunk(context)
         shifted = np.roll(context, 37, axis=0)  # every row at another position
-        small = np.concatenate([self._run_padded(shifted[i:i + SMALL_CHUNK_ROWS], SMALL_CHUNK_ROWS)
-                                for i in range(0, self.chunk_rows, SMALL_CHUNK_ROWS)])
-        same = bool(np.array_equal(np.roll(big, 37, axis=0), small))
-        if not same:
-            log.warning("%s: logits depend on the chunk shape here; using %d-row chunks only",
-                        self.name, self.chunk_rows)
-        self.small_chunk_rows = SMALL_CHUNK_ROWS if same and SMALL_CHUNK_ROWS < self.chunk_rows else 0
-        return same
+        shapes = [self.chunk_rows]
+        for shape in smaller_shapes(self.chunk_rows):
+            runs = [self._run_padded(shifted[i:i + shape], shape) for i in range(0, self.chunk_rows, shape)]
+            if np.array_equal(np.roll(big, 37, axis=0), np.concatenate(runs)):
+                shapes.append(shape)
+            else:
+                log.warning("%s: logits in %d-row chunks differ from %d-row ones here; not using that shape",
+                            self.name, shape, self.chunk_rows)
+        self.shapes = shapes
+        return shapes
 
     def forward(self, context: np.ndarray) -> np.ndarray:
         return np.concatenate(self.forward_map(context, lambda rows, logits: logits))

@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from .backends import SMALL_CHUNK_ROWS, ChunkedBackend
+from .backends import ChunkedBackend
 from .sampler import Distribution, DistributionTable, sample_step, uniforms
 from .scheduler import Batch
 from .step_cache import StepModel
@@ -55,7 +55,7 @@ class ModelRunner:
         every = (np.arange(contexts, dtype=np.int64)[:, None] // self._powers) % self._radices
         table = self.backend.forward(every)
         rng = np.random.default_rng(seed)
-        probe = rng.integers(0, self._radices, (self.backend.chunk_rows + SMALL_CHUNK_ROWS + 1, len(self._radices)))
+        probe = rng.integers(0, self._radices, (self.backend.probe_rows, len(self._radices)))
         if not np.array_equal(table[self.context_index(probe)], self.backend.forward(probe)):
             log.warning("%s: tabulated logits differ from the chunked forward; not using the table", self.backend.name)
             return False

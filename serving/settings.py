@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)  # forward workers
     max_batch_rows: int = Field(4096, ge=1)  # rows in flight per scheduler step
-    forward_chunk_rows: int = Field(1024, ge=1)  # forwards run on chunks of this shape (see backends.py)
+    forward_chunk_rows: int = Field(2048, ge=1)  # forwards run on chunks of this shape and its halves (backends.py)
     # Precompute every context's logits and sampling view when they fit (the mlp: 27**3 contexts, 15.5 MB)
     logits_table_mb: float = Field(32.0, ge=0)  # 0: never
     step_cache: bool = True  # models with a step model (wavenets) compute one node per level per step

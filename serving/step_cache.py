@@ -4,7 +4,7 @@ the graph). The caches live in the engine's row table beside the row's other col
 moved when rows are compacted, dropped when rows retire.
 
 Like the backend's forwards, steps run on fixed-shape chunks on single-threaded sessions. At load the step
-path must give, on every probe row and in either chunk shape, the bits the full-context forward gives;
+path must give, on every probe row and in every chunk shape, the bits the full-context forward gives;
 otherwise the version is served by full-context forwards as before (a warning says so). So caches never
 change a name or its NLL.
 """
@@ -63,9 +63,9 @@ class StepModel:
 
     def matches_forward(self, vocab_size: int, block_size: int, seed: int = 0) -> bool:
         """Whether sequences fed through steps, chunked as the engine chunks them, give the full-context
-        forward's logits bit for bit (as many sequences as a big chunk, a small chunk and one row more)."""
+        forward's logits bit for bit (as many sequences as take every chunk shape)."""
         rng = np.random.default_rng(seed)
-        count = self.backend.chunk_rows + SMALL_CHUNK_ROWS + 1
+        count = self.backend.probe_rows
         sequences = [rng.integers(1, vocab_size, rng.integers(1, PROBE_MAX_LENGTH)).tolist() for _ in range(count)]
 
         def step(tail, left):

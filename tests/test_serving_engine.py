@@ -152,6 +152,22 @@ def test_logits_table_matches_the_forward_and_respects_its_budget(served_registr
         model.close()
 
 
+def test_chunks_take_the_largest_checked_shapes_and_pad_only_the_last_few_rows(served_registry):
+    settings = Settings(registry=served_registry, threads=2, forward_chunk_rows=2048, logits_table_mb=0)
+    model = load_version(settings, "mlp", read_latest(served_registry, "mlp"))
+    backend = model.runner.backend
+    assert backend.shapes == [2048, 1024, 512, 256, 128, 64]  # every shape passed the load-time check here
+    for rows in (1, 63, 64, 65, 1000, 2047, 2048, 4096, 4095, 5000):
+        plan = backend.chunks(rows)
+        assert [start for start, _, _ in plan] == [0] + [stop for _, stop, _ in plan[:-1]]  # contiguous
+        assert plan[-1][1] == rows and all(shape in backend.shapes for _, _, shape in plan)
+        padded = [shape - (stop - start) for start, stop, shape in plan]
+        assert padded[:-1] == [0] * (len(plan) - 1) and padded[-1] < 64  # only the last chunk, fewer than 64 rows
+        assert [shape for _, _, shape in plan] == sorted((shape for _, _, shape in plan), reverse=True)
+    assert {shape for _, _, shape in backend.chunks(backend.probe_rows)} == set(backend.shapes)  # probes take them all
+    model.close()
+
+
 def test_one_request_at_a_time_holds_rows_of_one_request_and_gives_the_same_names(served_registry):
     # NAMEGEN_MAX_ACTIVE_REQUESTS=1, the HTTP benchmark's baseline: requests wait their turn whole.
     reference = make_engine(served_registry)
