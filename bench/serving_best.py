@@ -1,14 +1,17 @@
 """Each served model's names/s over HTTP, measured by two independent load generators in the same run.
 
     .venv/bin/python bench/serving_best.py [--registry registry] [--models a,b] [--baseline wavenet-ensemble]
-                                           [--n 1000] [--connections 8] [--duration 5] [--rounds 3]
+                                           [--configs 1x2,2x1] [--n 1000] [--connections 8] [--duration 5]
+                                           [--rounds 3]
 
-One server (`python -m serving`) serves --models of --registry (default: every model in it). For each model
-in turn, wrk (C, Debian package `wrk`, posting with bench/wrk_post.lua) and `namegen bench` (the CLI as a
+One server (`python -m serving`) per --configs entry, WxT: NAMEGEN_WORKERS=W processes of NAMEGEN_THREADS=T
+forward threads (default: one process with a thread per core), serves --models of --registry (default:
+every model in it). For each server and model in turn, wrk (C, Debian package `wrk`, posting with bench/wrk_post.lua) and `namegen bench` (the CLI as a
 user runs it) each keep --connections keep-alive connections asking for --n names for --duration seconds.
-Models and drivers are interleaved over --rounds rounds (the drivers' order alternating) and the figures are
-medians. Printed per model and driver: names/s and the rounds' range, p50/p99 latency, failed requests,
-the cores the client itself used; the ratio of each model to --baseline under each driver; and the drivers' agreement
+Servers, models and drivers are interleaved over --rounds rounds (the drivers' order alternating) and the
+figures are medians. Printed per server, model and driver: names/s and the rounds' range, p50/p99 latency, failed requests,
+the cores the client itself used; the ratio of each model to --baseline on the same server under each driver;
+and the drivers' agreement
 (namegen bench / wrk). wrk counts n names per non-error answer (it does not read bodies); namegen bench
 counts the names it was sent. wrk leaves out the answers in flight at its deadline, so at long latencies it
 reads low by about p50 / (2 x duration); namegen bench waits for them and counts their time too. Client and
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -86,6 +90,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--registry", type=Path, default=ROOT / "registry", help="default: registry/")
     p.add_argument("--models", help="comma-separated names to measure (default: every model the server serves)")
     p.add_argument("--baseline", default="wavenet-ensemble", help="the model the others are compared with")
+    p.add_argument("--configs", default=f"1x{os.cpu_count() or 1}",
+                   help="servers to measure, comma-separated WORKERSxTHREADS (default 1x<cores>)")
     p.add_argument("--n", type=int, default=1000, help="names per request")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--duration", type=int, default=5, help="whole seconds per model, driver and round")
@@ -93,6 +99,12 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if min(args.n, args.connections, args.duration, args.rounds) < 1:
         p.error("--n, --connections, --duration and --rounds must be >= 1")
+    try:
+        args.configs = [tuple(int(x) for x in config.split("x")) for config in args.configs.split(",")]
+    except ValueError:
+        p.error(f"--configs {args.configs}: expected WORKERSxTHREADS entries, e.g. 1x2,2x1")
+    if any(len(c) != 2 or min(c) < 1 for c in args.configs):
+        p.error(f"--configs: each entry is WORKERSxTHREADS with both at least 1, not {args.configs}")
     if shutil.which("wrk") is None:
         p.error("wrk is not installed: apt-get install wrk (Debian package wrk)")
     published = model_names(args.registry)
@@ -120,42 +132,54 @@ def served_models(url: str, wanted: list[str] | None) -> dict[str, float | None]
     return {name: served[name] for name in wanted} if wanted else served
 
 
-def measure(url: str, models: list[str], args) -> dict[tuple[str, str], list[Drive]]:
-    for model in models:  # warm-up: first requests load sessions and caches
-        drive_wrk(url, model, args.n, args.connections, 1)
-    runs: dict[tuple[str, str], list[Drive]] = {}
+def measure(urls: dict[str, str], models: list[str], args) -> dict[tuple[str, str, str], list[Drive]]:
+    for url in urls.values():
+        for model in models:  # warm-up: first requests load sessions and caches
+            drive_wrk(url, model, args.n, args.connections, 1)
+    runs: dict[tuple[str, str, str], list[Drive]] = {}
     for round_index in range(args.rounds):
         drivers = DRIVERS if round_index % 2 == 0 else DRIVERS[::-1]
-        for model in models:
-            for driver in drivers:
-                runs.setdefault((model, driver), []).append(
-                    DRIVE[driver](url, model, args.n, args.connections, args.duration))
+        for config, url in urls.items():
+            for model in models:
+                for driver in drivers:
+                    runs.setdefault((config, model, driver), []).append(
+                        DRIVE[driver](url, model, args.n, args.connections, args.duration))
     return runs
 
 
-def report(runs: dict[tuple[str, str], list[Drive]], val_nll: dict[str, float | None], args) -> None:
-    def median(model, driver, attr):
-        return statistics.median(getattr(d, attr) for d in runs[(model, driver)])
+def report(runs: dict[tuple[str, str, str], list[Drive]], val_nll: dict[str, float | None], args) -> None:
+    def median(config, model, driver, attr):
+        return statistics.median(getattr(d, attr) for d in runs[(config, model, driver)])
 
     baseline = args.baseline if args.baseline in val_nll else None
+    configs = list(dict.fromkeys(config for config, _, _ in runs))
     print(machine_line("serving_best"))
     print(f"registry {args.registry}, n={args.n} x {args.connections} connections, medians of {args.rounds} "
-          f"interleaved rounds of {args.duration} s, client and server on the same machine")
-    print(f"  {'model':<20} {'val NLL':>7}  {'driver':<13} {'names/s':>10} {'rounds min-max':>19} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'failed':>6} {'client cores':>12}  {'vs ' + (baseline or '-'):>20}")
-    for model, nll in val_nll.items():
-        for driver in DRIVERS:
-            names = median(model, driver, "names_per_s")
-            spread = [d.names_per_s for d in runs[(model, driver)]]
-            ratio = f"{names / median(baseline, driver, 'names_per_s'):.2f}x" if baseline else "-"
-            print(f"  {model:<20} {'-' if nll is None else f'{nll:.4f}':>7}  {driver:<13} {names:>10,.0f} "
-                  f"{f'{min(spread):,.0f}-{max(spread):,.0f}':>19} {median(model, driver, 'p50_ms'):>7.1f} "
-                  f"{median(model, driver, 'p99_ms'):>7.1f} {sum(d.failed for d in runs[(model, driver)]):>6} "
-                  f"{median(model, driver, 'client_cores'):>12.2f}  {ratio:>20}")
+          f"interleaved rounds of {args.duration} s, client and server on the same machine; server WxT: "
+          f"W worker processes of T forward threads")
+    print(f"  {'server':<6} {'model':<20} {'val NLL':>7}  {'driver':<13} {'names/s':>10} {'rounds min-max':>19} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'failed':>6} {'client cores':>12}  {'vs ' + (baseline or '-'):>20}")
+    for config in configs:
+        for model, nll in val_nll.items():
+            for driver in DRIVERS:
+                key = (config, model, driver)
+                names = median(*key, "names_per_s")
+                spread = [d.names_per_s for d in runs[key]]
+                ratio = f"{names / median(config, baseline, driver, 'names_per_s'):.2f}x" if baseline else "-"
+                print(f"  {config:<6} {model:<20} {'-' if nll is None else f'{nll:.4f}':>7}  {driver:<13} "
+                      f"{names:>10,.0f} {f'{min(spread):,.0f}-{max(spread):,.0f}':>19} {median(*key, 'p50_ms'):>7.1f} "
+                      f"{median(*key, 'p99_ms'):>7.1f} {sum(d.failed for d in runs[key]):>6} "
+                      f"{median(*key, 'client_cores'):>12.2f}  {ratio:>20}")
     agreement = ", ".join(
-        f"{model} {median(model, 'namegen bench', 'names_per_s') / median(model, 'wrk', 'names_per_s'):.2f}"
-        for model in val_nll)
+        f"{config} {model} {median(config, model, 'namegen bench', 'names_per_s') / median(config, model, 'wrk', 'names_per_s'):.2f}"
+        for config in configs for model in val_nll)
     print(f"  drivers' agreement, namegen bench / wrk names/s: {agreement}")
+    if len(configs) > 1:
+        first = configs[0]
+        for config in configs[1:]:
+            print(f"  server {config} / {first}, names/s: " + ", ".join(
+                f"{model} {median(config, model, 'wrk', 'names_per_s') / median(first, model, 'wrk', 'names_per_s'):.2f}"
+                f" (wrk)" for model in val_nll))
     if baseline is None:
         print(f"  no ratios: the baseline {args.baseline} is not among the models measured (--baseline NAME)")
 
@@ -163,13 +187,17 @@ def report(runs: dict[tuple[str, str], list[Drive]], val_nll: dict[str, float | 
 def main() -> None:
     args = parse_args()
     wanted = [name for name in (args.models or "").split(",") if name] or None
-    process, url = start_server(args.registry, **({"models": ",".join(wanted)} if wanted else {}))
+    servers = {}
     try:
-        val_nll = served_models(url, wanted)
-        runs = measure(url, list(val_nll), args)
+        for workers, threads in args.configs:
+            env = {"workers": workers, "threads": threads, **({"models": ",".join(wanted)} if wanted else {})}
+            servers[f"{workers}x{threads}"] = start_server(args.registry, **env)
+        val_nll = served_models(next(iter(servers.values()))[1], wanted)
+        runs = measure({config: url for config, (_, url) in servers.items()}, list(val_nll), args)
     finally:
-        process.terminate()
-        process.wait(60)
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(60)
     report(runs, val_nll, args)
 
 

@@ -1,13 +1,12 @@
 """`python -m serving`: the service under uvicorn, configured from NAMEGEN_* variables."""
 from __future__ import annotations
 
-import logging
 import sys
 
 from pydantic import ValidationError
 
 from .backends import BackendError, check_device
-from .settings import Settings
+from .settings import Settings, configure_logging
 
 
 def main() -> None:
@@ -21,7 +20,7 @@ def main() -> None:
     except BackendError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     from .app import create_app
     from .http_server import serve
 

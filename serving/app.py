@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client.multiprocess import mark_process_dead
 from starlette.concurrency import run_in_threadpool
 
 from .api import admin, errors, generate, models, ops, page, score
 from .api.asgi import FastPath, HeadAsGet, LimitAndMeasure
 from .manager import ModelManager
 from .metrics import Metrics
-from .settings import Settings
+from .settings import Settings, configure_logging
 
 log = logging.getLogger("namegen.app")
 GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (Python's default: 700)
@@ -43,6 +45,8 @@ async def lifespan(app: FastAPI):
     yield
     watcher.cancel()
     await run_in_threadpool(manager.close)  # engines drain what is in flight
+    if manager.metrics.multiprocess:  # this worker's gauges leave the sums
+        mark_process_dead(os.getpid())
 
 
 async def watch_registry(manager: ModelManager, interval_s: float) -> None:
@@ -51,6 +55,7 @@ async def watch_registry(manager: ModelManager, interval_s: float) -> None:
         try:
             await run_in_threadpool(manager.refresh)
             await run_in_threadpool(manager.release_memory_when_idle)
+            manager.metrics.update_gauges()
         except Exception:  # the watcher must outlive a bad registry state
             log.exception("registry refresh failed")
 
@@ -90,3 +95,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     fast = FastPath(app.behind_front, routes={route.path: route for route in generate.router.routes})
     app.front = LimitAndMeasure(HeadAsGet(fast), metrics=metrics, max_body_bytes=settings.max_body_bytes, paths=paths)
     return app
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one worker process (NAMEGEN_WORKERS > 1): settings from the environment, logging as
+    `python -m serving` sets it up in a single process."""
+    settings = Settings()
+    configure_logging(settings)
+    return create_app(settings)

@@ -136,6 +136,7 @@ class ModelManager:
         self._rejected.pop(name, None)
         if current is not None:
             self.metrics.reloads.labels(name).inc()
+            self.metrics.version_replaced(name, current.model.version)
             log.info("serving %s/%s (was %s)", name, model.version, current.model.version)
             threading.Thread(target=self._retire, args=(current,), daemon=True).start()
         else:

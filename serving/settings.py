@@ -1,6 +1,7 @@
 """All of the server's configuration, read from NAMEGEN_* environment variables."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,7 +18,9 @@ class Settings(BaseSettings):
     default_model: str = ""  # empty: "mlp" when served, else the first name
     backend: Literal["onnxruntime", "torch"] = "onnxruntime"
     device: Literal["cpu", "cuda"] = "cpu"
-    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)  # forward workers
+    # Server processes on one port, each with its own engines (http_server.py), and each one's forward threads
+    workers: int = Field(1, ge=1)
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)  # forward threads per worker
     max_batch_rows: int = Field(4096, ge=1)  # rows in flight per scheduler step
     forward_chunk_rows: int = Field(2048, ge=1)  # forwards run on chunks of this shape and its halves (backends.py)
     # Precompute every context's logits and sampling view when they fit (the mlp: 27**3 contexts, 15.5 MB)
@@ -48,3 +51,8 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
+
+
+def configure_logging(settings: Settings) -> None:
+    """The server's log lines, in the process `python -m serving` starts and in each worker."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,67 @@
+"""NAMEGEN_WORKERS: several server processes on one port, each with its own engines, as one service."""
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+SEEDED = {"n": 50, "seed": 11, "temperature": 0.8}
+
+
+def workers_of(pid: int) -> list[int]:
+    """The worker processes of a server: the parent's children started by multiprocessing's spawn."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name)
+
+
+def wait_for(predicate, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_workers_answer_seeded_requests_alike_and_their_metrics_are_summed(served_registry, start_server):
+    server = start_server(served_registry, workers=2, threads=1)
+    pids = wait_for(lambda: len(workers_of(server.process.pid)) == 2 and workers_of(server.process.pid))
+    # Every request on a connection of its own, so the kernel spreads them over the workers.
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: httpx.post(server.url + "/v1/generate", json=SEEDED, timeout=60), range(40)))
+    assert all(a.status_code == 200 for a in answers)
+    names = {tuple((n["name"], n["nll"]) for n in a.json()["names"]) for a in answers}
+    assert len(names) == 1 and len(next(iter(names))) == 50  # whichever worker answered
+    busy = [int(Path(f"/proc/{pid}/stat").read_text().split()[13]) for pid in pids]  # user CPU ticks
+    assert all(ticks > 0 for ticks in busy)
+    # Counters of every worker meet in one scrape, whichever worker answers it.
+    for _ in range(4):
+        assert metric(server.url, "namegen_names_generated_total") == 40 * 50
+    assert metric(server.url, "namegen_model_loaded") >= 1
+    assert server.stop() == 0  # SIGTERM: every worker drains, the parent exits 0
+    assert not any(Path(f"/proc/{pid}").exists() and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                   for pid in pids)
+
+
+def test_a_worker_that_dies_is_replaced_and_the_service_keeps_answering(served_registry, start_server):
+    server = start_server(served_registry, workers=2, threads=1)
+    first = wait_for(lambda: len(workers_of(server.process.pid)) == 2 and workers_of(server.process.pid))
+    os.kill(first[0], signal.SIGKILL)
+    for _ in range(10):  # the other worker answers meanwhile
+        assert httpx.post(server.url + "/v1/generate", json=SEEDED, timeout=60).status_code == 200
+    now = wait_for(lambda: (pids := workers_of(server.process.pid)) and len(pids) == 2 and first[0] not in pids
+                   and pids)
+    assert first[1] in now
+    wait_for(lambda: all(httpx.post(server.url + "/v1/generate", json=SEEDED, timeout=60).status_code == 200
+                         for _ in range(10)))
+    assert server.stop() == 0
