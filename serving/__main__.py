@@ -21,10 +21,9 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     configure_logging(settings)
-    from .app import create_app
     from .http_server import serve
 
-    serve(create_app(settings), settings)
+    serve(settings)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,17 @@
 """The HTTP server around the app: uvicorn on httptools and uvloop, with the limits a public server needs
-and uvicorn leaves open, and an exit status of 0 after a graceful SIGTERM.
-
-NAMEGEN_WORKERS > 1 runs that many worker processes on one listening socket, under uvicorn's supervisor
-(which restarts a worker that dies): each a whole server with its own engines, so each has a GIL of its
-own. A seeded request gets the same names whichever worker answers it (batch invariance); each worker
-watches the registry itself, so after a new version is published they switch within a watch interval of
-each other, and an admin reload reaches the worker that answers it at once, the others at their next poll.
-"""
+and uvicorn leaves open, and an exit status of 0 after a graceful SIGTERM; in one process, or in
+NAMEGEN_WORKERS processes (workers.py)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import sys
-import tempfile
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.supervisors import Multiprocess
 
-from .metrics import MULTIPROCESS_DIR
 from .settings import Settings
+from .workers import serve_workers
 
 DRAIN_SECONDS = 30  # SIGTERM: stop accepting, finish what is in flight for at most this long
 
@@ -104,29 +94,16 @@ def worker_protocol(*args, **kwargs) -> HttpToolsProtocol:
 _worker_protocol: type[HttpToolsProtocol] | None = None
 
 
-def serve(app, settings: Settings) -> None:
-    """One process serving `app`, or settings.workers processes, each serving an app of its own."""
+def serve(settings: Settings) -> None:
+    """One process serving the app, or settings.workers processes, each serving an app of its own."""
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
                   limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s,
                   timeout_graceful_shutdown=DRAIN_SECONDS)
     if settings.workers > 1:
-        return _serve_workers(settings.workers, common)
-    config = uvicorn.Config(app, http=read_deadline_protocol(settings.header_timeout_s, settings.body_timeout_s),
-                            **common)
+        return serve_workers(settings.workers, {**common, "http": worker_protocol})
+    from .app import create_app  # here: the app's modules import this one's BODY_TIMED_OUT
+
+    config = uvicorn.Config(create_app(settings),
+                            http=read_deadline_protocol(settings.header_timeout_s, settings.body_timeout_s), **common)
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.Server(config).run()
-
-
-def _serve_workers(workers: int, common: dict) -> None:
-    # Each worker builds its app from the same NAMEGEN_* environment (create_app is the factory); their
-    # counters meet in a folder of prometheus_client's multiprocess mode that lives as long as this parent.
-    folder = tempfile.mkdtemp(prefix="namegen-metrics-")
-    os.environ[MULTIPROCESS_DIR] = folder
-    try:
-        config = uvicorn.Config("serving.app:create_worker_app", factory=True, workers=workers, http=worker_protocol,
-                                **common)
-        sock = config.bind_socket()
-        sock.listen(config.backlog)  # connections wait in the backlog until a worker takes them, not refused
-        Multiprocess(config, sockets=[sock]).run()  # SIGTERM: every worker drains, then exit 0
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

@@ -1,4 +1,5 @@
 """NAMEGEN_WORKERS: several server processes on one port, each with its own engines, as one service."""
+import asyncio
 import os
 import signal
 import time
@@ -8,13 +9,21 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from clients.loadgen import run_load
+
 SEEDED = {"n": 50, "seed": 11, "temperature": 0.8}
+BUSY = {"n": 10_000}  # the most a request may ask for: it keeps its worker busy a while (~40 ms)
 
 
 def workers_of(pid: int) -> list[int]:
     """The worker processes of a server: the parent's children started by multiprocessing's spawn."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def cpu_ticks(pids: list[int]) -> list[int]:
+    """User plus system CPU ticks of each process so far."""
+    return [sum(int(x) for x in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]) for pid in pids]
 
 
 def metric(url: str, name: str) -> float:
@@ -36,17 +45,20 @@ def wait_for(predicate, timeout: float = 60):
 def test_workers_answer_seeded_requests_alike_and_their_metrics_are_summed(served_registry, start_server):
     server = start_server(served_registry, workers=2, threads=1)
     pids = wait_for(lambda: len(workers_of(server.process.pid)) == 2 and workers_of(server.process.pid))
-    # Every request on a connection of its own, so the kernel spreads them over the workers.
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda _: httpx.post(server.url + "/v1/generate", json=SEEDED, timeout=60), range(40)))
-    assert all(a.status_code == 200 for a in answers)
+    idle = cpu_ticks(pids)
+    # `namegen bench` opens its keep-alive connections at once: the kernel spreads them over the workers'
+    # sockets by a hash (22 or more of the 24 on one worker: odds of 1 in 28,000), and every worker does a share.
+    report = asyncio.run(run_load(server.url, concurrency=24, requests=72, n=BUSY["n"]))
+    worked = [after - before for before, after in zip(idle, cpu_ticks(pids))]
+    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.post(server.url + "/v1/generate", json=SEEDED), range(24)))
+    assert report.ok == 72 and all(a.status_code == 200 for a in answers)
     names = {tuple((n["name"], n["nll"]) for n in a.json()["names"]) for a in answers}
     assert len(names) == 1 and len(next(iter(names))) == 50  # whichever worker answered
-    busy = [int(Path(f"/proc/{pid}/stat").read_text().split()[13]) for pid in pids]  # user CPU ticks
-    assert all(ticks > 0 for ticks in busy)
+    assert min(worked) >= max(worked) / 10, worked  # neither worker left idle
     # Counters of every worker meet in one scrape, whichever worker answers it.
     for _ in range(4):
-        assert metric(server.url, "namegen_names_generated_total") == 40 * 50
+        assert metric(server.url, "namegen_names_generated_total") == 72 * BUSY["n"] + 24 * SEEDED["n"]
     assert metric(server.url, "namegen_model_loaded") >= 1
     assert server.stop() == 0  # SIGTERM: every worker drains, the parent exits 0
     assert not any(Path(f"/proc/{pid}").exists() and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
