@@ -2,7 +2,7 @@
 
 With NAMEGEN_WORKERS > 1 the server is several processes, and a scrape reaches one of them: counters and
 histograms then go through prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by
-http_server.serve), so every scrape sums all workers. The two gauges read from the manager are kept per
+workers.serve_workers), so every scrape sums all workers. The two gauges read from the manager are kept per
 worker and summed (queue depth) or maxed (loaded versions) over the live workers; each worker updates its
 own at every registry watch tick and when it answers a scrape.
 """
@@ -38,7 +38,8 @@ class Metrics:
         self._depth = self._loaded = None  # the manager's gauges, in multiprocess mode
 
     def watch(self, manager) -> None:
-        """Queue depth and loaded versions are read from the manager at scrape time."""
+        """Queue depth and loaded versions come from the manager: read at scrape time, or in multiprocess
+        mode written by update_gauges."""
         self._manager = manager
         if not self.multiprocess:
             self.registry.register(_ManagerCollector(manager))
@@ -53,8 +54,7 @@ class Metrics:
         if self._depth is None:
             return
         settings = self._manager.settings
-        served = {name: s for name, s in self._manager.served().items()}
-        for name, s in served.items():
+        for name, s in self._manager.served().items():
             self._depth.labels(name).set(s.engine.queue_depth)
             self._loaded.labels(name, s.model.version, settings.backend, settings.device).set(1)
 

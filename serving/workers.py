@@ -21,10 +21,12 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from .metrics import MULTIPROCESS_DIR
 
@@ -57,12 +59,15 @@ def _worker(config_kwargs: dict, sock: socket.socket) -> None:
 def serve_workers(workers: int, config_kwargs: dict) -> None:
     """Run `workers` worker processes until SIGTERM or SIGINT; uvicorn.Config arguments in config_kwargs
     (picklable: each worker builds its configuration from them)."""
+    host, port = config_kwargs["host"], config_kwargs["port"]
+    try:
+        sockets = reuse_port_sockets(host, port, workers, config_kwargs.get("backlog", 2048))
+    except OSError as e:
+        sys.exit(f"error: cannot listen on {host}:{port}: {e.strerror}")
     folder = tempfile.mkdtemp(prefix="namegen-metrics-")
     os.environ[MULTIPROCESS_DIR] = folder  # before any worker starts: they inherit it
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads or sessions inherited
-    host = config_kwargs["host"]
-    sockets = reuse_port_sockets(host, config_kwargs["port"], workers, config_kwargs.get("backlog", 2048))
-    stop = threading.Event()
+    stop, failed = threading.Event(), False
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
 
@@ -74,16 +79,24 @@ def serve_workers(workers: int, config_kwargs: dict) -> None:
     try:
         processes = [start(sock) for sock in sockets]
         log.info("Uvicorn running on http://%s:%d in %d worker processes %s (Press CTRL+C to quit)", host,
-                 sockets[0].getsockname()[1], workers, [p.pid for p in processes])
+                 sockets[0].getsockname()[1], workers, [p.pid for p in processes])  # the port, when it was 0
         while not stop.wait(POLL_S):
             for i, process in enumerate(processes):
-                if not process.is_alive():
-                    log.error("worker %d exited with %s; starting another", process.pid, process.exitcode)
-                    processes[i] = start(sockets[i])
+                if process.is_alive():
+                    continue
+                if process.exitcode == STARTUP_FAILURE:  # it would fail again: the app cannot start here
+                    log.error("worker %d failed to start; stopping the others", process.pid)
+                    stop.set()
+                    failed = True
+                    break
+                log.error("worker %d exited with %s; starting another", process.pid, process.exitcode)
+                processes[i] = start(sockets[i])
         for process in processes:
             process.terminate()  # SIGTERM: the worker drains what it has in flight
         for process in processes:
             process.join()
+        if failed:
+            sys.exit("error: a worker could not start (its log above says why)")
     finally:
         for sock in sockets:
             sock.close()

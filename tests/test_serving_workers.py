@@ -2,6 +2,9 @@
 import asyncio
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,6 +13,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients.loadgen import run_load
+from conftest import ROOT
 
 SEEDED = {"n": 50, "seed": 11, "temperature": 0.8}
 BUSY = {"n": 10_000}  # the most a request may ask for: it keeps its worker busy a while (~40 ms)
@@ -77,3 +81,15 @@ def test_a_worker_that_dies_is_replaced_and_the_service_keeps_answering(served_r
     wait_for(lambda: all(httpx.post(server.url + "/v1/generate", json=SEEDED, timeout=60).status_code == 200
                          for _ in range(10)))
     assert server.stop() == 0
+
+
+def test_a_port_in_use_is_one_line_and_a_failing_exit(served_registry):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "NAMEGEN_REGISTRY": str(served_registry), "NAMEGEN_WORKERS": "2", "NAMEGEN_PORT": str(port)}
+        done = subprocess.run([sys.executable, "-m", "serving"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
