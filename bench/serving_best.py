@@ -99,12 +99,13 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if min(args.n, args.connections, args.duration, args.rounds) < 1:
         p.error("--n, --connections, --duration and --rounds must be >= 1")
+    given = args.configs
     try:
-        args.configs = [tuple(int(x) for x in config.split("x")) for config in args.configs.split(",")]
+        args.configs = [tuple(int(x) for x in config.split("x")) for config in given.split(",")]
     except ValueError:
-        p.error(f"--configs {args.configs}: expected WORKERSxTHREADS entries, e.g. 1x2,2x1")
-    if any(len(c) != 2 or min(c) < 1 for c in args.configs):
-        p.error(f"--configs: each entry is WORKERSxTHREADS with both at least 1, not {args.configs}")
+        args.configs = []
+    if not args.configs or any(len(c) != 2 or min(c) < 1 for c in args.configs):
+        p.error(f"--configs {given}: expected WORKERSxTHREADS entries, both at least 1, e.g. 1x2,2x1")
     if shutil.which("wrk") is None:
         p.error("wrk is not installed: apt-get install wrk (Debian package wrk)")
     published = model_names(args.registry)
