@@ -35,8 +35,14 @@ POLL_S = 0.5  # how often the supervisor looks for a worker that died
 
 
 def reuse_port_sockets(host: str, port: int, count: int, backlog: int) -> list[socket.socket]:
-    """`count` listening sockets on one port (an ephemeral one when port is 0, the first socket's)."""
+    """`count` listening sockets on one port (an ephemeral one when port is 0). The port must be free:
+    SO_REUSEPORT alone would let a second server of the same user share it and take half its connections,
+    so a plain socket binds it first (OSError when it is taken) and hands it over."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        port = probe.getsockname()[1]
     sockets = []
     for _ in range(count):
         sock = socket.socket(family, socket.SOCK_STREAM)

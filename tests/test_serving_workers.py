@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients.loadgen import run_load
@@ -83,8 +84,12 @@ def test_a_worker_that_dies_is_replaced_and_the_service_keeps_answering(served_r
     assert server.stop() == 0
 
 
-def test_a_port_in_use_is_one_line_and_a_failing_exit(served_registry):
+@pytest.mark.parametrize("shared", [False, True], ids=["plain", "reuseport"])
+def test_a_port_in_use_is_one_line_and_a_failing_exit(served_registry, shared):
+    # shared: the port is held by another workers-mode server (SO_REUSEPORT), which must not be joined either
     with socket.socket() as taken:
+        if shared:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
