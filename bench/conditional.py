@@ -38,7 +38,7 @@ from serving.engine import Engine, SamplingParams  # noqa: E402
 from serving.model import load_version  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
-from training.conditions import ssa_decade_counts, val_nll_by_condition  # noqa: E402
+from training.conditions import marginal_val_nll, ssa_decade_counts, val_nll_by_condition  # noqa: E402
 from training.models import nll  # noqa: E402
 
 GENERATED = 2000
@@ -46,22 +46,30 @@ TOP = 1000
 COMMON = 1000  # births over the years: a name this common has a sex that means something
 
 
-def train_pair(model: str, steps: int, years: str) -> dict[str, object]:
-    """runs/bench-conditional[-MODEL]-{cond,plain}: trained side by side, one core each; reused once finished."""
-    stem = "bench-conditional" if model == "mlp" else f"bench-conditional-{model}"
-    outs = {"conditional": RUNS / f"{stem}-cond", "records": RUNS / f"{stem}-plain"}
-    extra = {"conditional": ["--condition", "sex,decade"], "records": []}
+def train_pair(model: str, steps: int, years: str, sizes: dict, dropout: tuple[float, float]) -> dict[str, object]:
+    """runs/bench-conditional[-MODEL][-SIZES]-{cond[-DROPOUTS],plain}: trained side by side, one core each;
+    reused once finished with the same recipe."""
+    stem = "bench-conditional" + (f"-{model}" if model != "mlp" else "") + \
+        "".join(f"-{key[2]}{value}" for key, value in sizes.items() if value)  # e.g. -e32-h256
+    tag = "" if dropout == (0.2, 0.0) else f"-d{dropout[0]:g}-a{dropout[1]:g}"
+    outs = {"conditional": RUNS / f"{stem}-cond{tag}", "records": RUNS / f"{stem}-plain"}
+    size_args = [arg for key, value in sizes.items() if value for arg in (f"--{key.replace('_', '-')}", str(value))]
+    extra = {"conditional": ["--condition", "sex,decade", "--condition-dropout", str(dropout[0]),
+                             "--condition-dropout-all", str(dropout[1])], "records": []}
     running = []
     for name, out in outs.items():
         meta = out / "checkpoint.json"
         done = json.loads(meta.read_text()) if meta.is_file() else None
+        recipe = {key: value for key, value in sizes.items() if value}
+        if name == "conditional":
+            recipe.update(condition_dropout=dropout[0], condition_dropout_all=dropout[1])
         if done and done["model_type"] == model and done["training"].get("steps") == steps and \
-                done["training"]["finished"]:
+                done["training"]["finished"] and all(done["model_config"].get(k, 0.0) == v for k, v in recipe.items()):
             print(f"reusing {out} (delete it to train again)", file=sys.stderr)
             continue
         command = [sys.executable, "-m", "training", "train", "--model", model, "--years", years, *extra[name],
-                   "--steps", str(steps), "--eval-every", str(steps), "--out", str(out), "--overwrite", "--no-plots",
-                   "--quiet"]
+                   *size_args, "--steps", str(steps), "--eval-every", str(steps), "--out", str(out), "--overwrite",
+                   "--no-plots", "--quiet"]
         running.append(subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}))
     if any(p.wait() for p in running):
         sys.exit("error: training failed")
@@ -88,12 +96,14 @@ def nll_figures(paths: dict) -> dict:
     by_condition = dict(val_nll_by_condition(cond.model, data, cond.block_size))
     X, Y = data.contexts("val", cond.block_size)
     plain_val = nll(plain.model, X[:, : cond.block_size], Y)
+    mixture = marginal_val_nll(cond.model, data, cond.block_size, cond.meta["condition_prior"])
     return {"conditional": nll(cond.model, X, Y), "any": by_condition["any"], "unconditional": plain_val,
+            "mixture": mixture,
             "records": len(data.words), "split": data.split.sizes(), "by_condition": by_condition, "data": data}
 
 
-def generate(engine: Engine, conditions: tuple, seed: int) -> list[str]:
-    return engine.generate(SamplingParams(n=GENERATED, seed=seed, conditions=conditions)).names
+def generate(engine: Engine, conditions: tuple, seed: int, guidance: float) -> list[str]:
+    return engine.generate(SamplingParams(n=GENERATED, seed=seed, conditions=conditions, guidance=guidance)).names
 
 
 def record_ceiling(by_sex, sexes, sex: str, other: str) -> float:
@@ -103,10 +113,10 @@ def record_ceiling(by_sex, sexes, sex: str, other: str) -> float:
     return sum(by_sex[n][sex] > by_sex[n][other] for n in names) / len(names)
 
 
-def sex_figures(engine: Engine, by_sex, sexes) -> list[str]:
+def sex_figures(engine: Engine, by_sex, sexes, guidance: float) -> list[str]:
     lines = []
     for sex, other in (("F", "M"), ("M", "F")):
-        names = generate(engine, (("sex", sex),), seed=1)
+        names = generate(engine, (("sex", sex),), seed=1, guidance=guidance)
         real = [n for n in names if n in by_sex]
         mostly = sum(by_sex[n][sex] > by_sex[n][other] for n in real)
         # Rare names (a handful of babies in 138 years) are most of the real names hit; their sex is noise.
@@ -119,8 +129,9 @@ def sex_figures(engine: Engine, by_sex, sexes) -> list[str]:
     return lines
 
 
-def decade_figures(engine: Engine, top) -> list[str]:
-    generated = {decade: generate(engine, (("decade", str(decade)),), seed=2) for decade in (1920, 2010)}
+def decade_figures(engine: Engine, top, guidance: float) -> list[str]:
+    generated = {decade: generate(engine, (("decade", str(decade)),), seed=2, guidance=guidance)
+                 for decade in (1920, 2010)}
     lines = []
     for target in (1920, 2010):
         rates = {asked: sum(n in top[target] for n in names) / GENERATED for asked, names in generated.items()}
@@ -137,25 +148,37 @@ def explain_figures(model, data, sexes) -> list[str]:
     for i in range(0, len(distinct), 500):
         chunk = distinct[i:i + 500]
         guesses.update(zip(chunk, (r["most_likely"] for r in explain(model, chunk, (0, 0)))))
-    single = [(w, sex) for w, (sex, decade) in zip(words, labels) if len(sexes[w, decade]) == 1]
-    single_right = sum(guesses[w]["sex"] == sex for w, sex in single)
+    decades = dict(model.conditions)["decade"]
+    given = {}  # (name, decade) -> the likeliest sex with the record's decade given in the request
+    for decade in sorted({d for _, d in labels}):
+        names = sorted({w for w, (_, d) in zip(words, labels) if d == decade})
+        for i in range(0, len(names), 500):
+            chunk = names[i:i + 500]
+            given.update(((w, decade), r["most_likely"]["sex"])
+                         for w, r in zip(chunk, explain(model, chunk, (0, decades.index(decade) + 1))))
+    single = [(w, sex, decade) for w, (sex, decade) in zip(words, labels) if len(sexes[w, decade]) == 1]
+    single_right = sum(guesses[w]["sex"] == sex for w, sex, _ in single)
+    single_given = sum(given[w, decade] == sex for w, sex, decade in single)
     all_right = sum(guesses[w]["sex"] == sex for w, (sex, _) in zip(words, labels))
     near = sum(abs(int(guesses[w]["decade"]) - int(decade)) <= 10 for w, (_, decade) in zip(words, labels))
     exact = sum(guesses[w]["decade"] == decade for w, (_, decade) in zip(words, labels))
     n = len(words)
     return [f"  sex, test records whose name went to one sex only in that decade: {single_right:,} of "
-            f"{len(single):,} ({single_right / len(single):.1%})",
+            f"{len(single):,} ({single_right / len(single):.1%}); with the record's decade given: {single_given:,} "
+            f"({single_given / len(single):.1%})",
             f"  sex, all {n:,} test records: {all_right:,} ({all_right / n:.1%})",
             f"  decade within +-1 decade: {near:,} ({near / n:.1%}); exact: {exact:,} ({exact / n:.1%})"]
 
 
-def mixed_conditions(n: int, seed: int) -> list[SamplingParams]:
-    """n names as 100 requests, each with a random sex and decade (either may be left out)."""
+def mixed_conditions(n: int, seed: int, guidance: float | None = None) -> list[SamplingParams]:
+    """n names as 100 requests, each with a random sex and decade (either may be left out); guidance None:
+    the model's default."""
     rng = random.Random(seed)
     sexes, decades = [None, "F", "M"], [None] + [str(d) for d in range(1880, 2020, 10)]
     pairs = [tuple((k, v) for k, v in (("sex", rng.choice(sexes)), ("decade", rng.choice(decades))) if v)
              for _ in range(100)]
-    return [SamplingParams(n=n // 100, seed=seed * 1000 + i, conditions=c) for i, c in enumerate(pairs)]
+    return [SamplingParams(n=n // 100, seed=seed * 1000 + i, conditions=c, guidance=guidance)
+            for i, c in enumerate(pairs)]
 
 
 def run_all(engine: Engine, requests: list[SamplingParams]) -> None:
@@ -192,8 +215,9 @@ def engine_figures(registry, runs: int, names: int, table_mb: float) -> list[str
     for i in range(runs):  # rounds interleave every setting: drift in this shared machine hits them alike
         for label, engine in engines.items():
             for kind, requests in (("any", [SamplingParams(n=names, seed=i + 1)]),
-                                   ("mixed", mixed_conditions(names, i + 1))):
-                if kind == "mixed" and label.startswith("unconditional"):
+                                   ("mixed, unguided", mixed_conditions(names, i + 1, guidance=0.0)),
+                                   ("mixed, guided", mixed_conditions(names, i + 1))):
+                if kind != "any" and label.startswith("unconditional"):
                     continue
                 start = time.perf_counter()
                 run_all(engine, requests)
@@ -215,8 +239,15 @@ def main() -> None:
     p.add_argument("--names", type=int, default=200_000, help="names per engine run")
     p.add_argument("--table-mb", type=float, default=800.0, help="NAMEGEN_LOGITS_TABLE_MB for the conditional "
                                                                   "model's table run (0: skip it)")
+    p.add_argument("--n-embd", type=int, help="both models' embedding width (default: the CLI's)")
+    p.add_argument("--n-hidden", type=int, help="both models' hidden width (default: the CLI's)")
+    p.add_argument("--condition-dropout", type=float, default=0.2, help="the conditional model's, per condition")
+    p.add_argument("--condition-dropout-all", type=float, default=0.0, help="the conditional model's, all at once")
+    p.add_argument("--guidance", default="0,2", help="guidance scales to generate the sex and decade figures with")
     args = p.parse_args()
-    paths = train_pair(args.model, args.steps, args.years)
+    scales = [float(g) for g in args.guidance.split(",")]
+    paths = train_pair(args.model, args.steps, args.years, {"n_embd": args.n_embd, "n_hidden": args.n_hidden},
+                       (args.condition_dropout, args.condition_dropout_all))
     first, last = map(int, args.years.split("-"))
     figures = nll_figures(paths)
     registry = served_registry(paths)
@@ -224,16 +255,22 @@ def main() -> None:
     settings = Settings(registry=registry, threads=2)
     model = load_version(settings, "conditional", read_latest(registry, "conditional"))
     engine = Engine(model, 4096, max_queue=100, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
-    lines = sex_figures(engine, by_sex, sexes) + decade_figures(engine, top)
+    lines = []
+    for scale in scales:
+        lines += [f"  guidance {scale:g}{' (the export default)' if scale == model.manifest.guidance else ''}:"]
+        lines += sex_figures(engine, by_sex, sexes, scale) + decade_figures(engine, top, scale)
     engine.stop()
     lines += explain_figures(model, figures["data"], sexes)
     model.close()
+    sizes = ", ".join(f"{key} {value}" for key, value in (("n_embd", args.n_embd), ("n_hidden", args.n_hidden)) if value)
     print(machine_line("conditional"))
     print(f"SSA {args.years}: {figures['records']:,} records (name, sex, decade), split {figures['split']}; "
-          f"two {args.model}s (CLI defaults, {args.steps} steps), same records and split")
+          f"two {args.model}s ({sizes or 'CLI defaults'}, {args.steps} steps; condition dropout "
+          f"{args.condition_dropout:g} each, {args.condition_dropout_all:g} all at once), same records and split")
     print(f"  val NLL: conditional {figures['conditional']:.4f}, conditional with sex and decade 'any' "
           f"{figures['any']:.4f}, unconditional {figures['unconditional']:.4f} "
-          f"(any - unconditional {figures['any'] - figures['unconditional']:+.4f})")
+          f"(any - unconditional {figures['any'] - figures['unconditional']:+.4f}); the exact marginal "
+          f"sum_c p(c) p(name | c) {figures['mixture']:.4f} ({figures['mixture'] - figures['unconditional']:+.4f})")
     print("  val NLL per value: " + ", ".join(f"{k} {v:.3f}" for k, v in figures["by_condition"].items() if k != "any"))
     print("\n".join(lines))
     print(f"engine (in process, max_batch_rows 4096, 2 threads), medians of {args.runs} interleaved rounds, "

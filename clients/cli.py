@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--novel", action="store_true", default=None, help="no name from the training set")
     g.add_argument("--model", help="model name (default: the server's default)")
     _add_condition_options(g)
+    g.add_argument("--guidance", type=number(float, at_least=0, at_most=20),
+                   help="conditional models: how strongly names lean to --sex and --decade, 0 (off) to 20 "
+                        "(default: the model's)")
     g.add_argument("--show-nll", action="store_true", help="add each name's NLL as a second column")
     g.add_argument("--json", action="store_true", help="print the server's response as JSON")
     g.set_defaults(run=cmd_generate)
@@ -142,7 +145,7 @@ def cmd_generate(args) -> int:
         result = client.generate(args.n, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
                                  prefix=args.prefix, min_length=args.min_length, max_length=args.max_length,
                                  unique=args.unique, exclude_training=args.novel, model=args.model, sex=args.sex,
-                                 decade=args.decade)
+                                 decade=args.decade, guidance=args.guidance)
     if result.exhausted:  # on stderr even with --json: a script reading stdout still sees the names it got
         print(f"note: only {len(result.names)} names passed the filters within the server's attempt budget; "
               "loosen --unique, --novel or the length bounds to get more", file=sys.stderr)

@@ -77,12 +77,14 @@ class ModelInfo:
     backend: str
     device: str
     conditions: dict[str, list[str]] = field(default_factory=dict)  # a conditional model's, and their values
+    guidance: float = 0.0  # a conditional model's default guidance scale
 
     @classmethod
     def from_json(cls, data: dict) -> ModelInfo:
         return cls(name=data["name"], version=data["version"], type=data["type"], vocab=list(data["vocab"]),
                    block_size=data["block_size"], metrics=dict(data["metrics"]), backend=data["backend"],
-                   device=data["device"], conditions=dict(data.get("conditions", {})))
+                   device=data["device"], conditions=dict(data.get("conditions", {})),
+                   guidance=float(data.get("guidance", 0.0)))
 
 
 @dataclass

@@ -56,10 +56,10 @@ class _Call:
 
 
 def _generate_call(n, seed, temperature, top_k, prefix, min_length, max_length, unique, exclude_training,
-                   model, sex=None, decade=None) -> _Call:
+                   model, sex=None, decade=None, guidance=None) -> _Call:
     chosen = dict(n=n, seed=seed, temperature=temperature, top_k=top_k, prefix=prefix, min_length=min_length,
                   max_length=max_length, unique=unique, exclude_training=exclude_training, model=model, sex=sex,
-                  decade=decade)
+                  decade=decade, guidance=guidance)
     # Only what the caller set: the server owns the defaults, and may change them.
     body = {key: value for key, value in chosen.items() if value is not None}
     return _Call("POST", "/v1/generate", Generation.from_json, body)
@@ -124,10 +124,12 @@ class NameGenClient(_ClientSettings):
     def generate(self, n: int | None = None, *, seed: int | None = None, temperature: float | None = None,
                  top_k: int | None = None, prefix: str | None = None, min_length: int | None = None,
                  max_length: int | None = None, unique: bool | None = None, exclude_training: bool | None = None,
-                 model: str | None = None, sex: str | None = None, decade: int | None = None) -> Generation:
-        """sex ("F", "M") and decade (1880, ..., 2010): a conditional model's conditions; omitted: any."""
+                 model: str | None = None, sex: str | None = None, decade: int | None = None,
+                 guidance: float | None = None) -> Generation:
+        """sex ("F", "M") and decade (1880, ..., 2010): a conditional model's conditions; omitted: any.
+        guidance: how strongly names lean to them (omitted: the model's default)."""
         return self._send(_generate_call(n, seed, temperature, top_k, prefix, min_length, max_length, unique,
-                                         exclude_training, model, sex, decade))
+                                         exclude_training, model, sex, decade, guidance))
 
     def score(self, names: str | Sequence[str], *, model: str | None = None, sex: str | None = None,
               decade: int | None = None, explain: bool | None = None) -> Scores:
@@ -181,9 +183,9 @@ class AsyncNameGenClient(_ClientSettings):
                        top_k: int | None = None, prefix: str | None = None, min_length: int | None = None,
                        max_length: int | None = None, unique: bool | None = None,
                        exclude_training: bool | None = None, model: str | None = None, sex: str | None = None,
-                       decade: int | None = None) -> Generation:
+                       decade: int | None = None, guidance: float | None = None) -> Generation:
         return await self._send(_generate_call(n, seed, temperature, top_k, prefix, min_length, max_length,
-                                               unique, exclude_training, model, sex, decade))
+                                               unique, exclude_training, model, sex, decade, guidance))
 
     async def score(self, names: str | Sequence[str], *, model: str | None = None, sex: str | None = None,
                     decade: int | None = None, explain: bool | None = None) -> Scores:

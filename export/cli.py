@@ -30,6 +30,8 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true",
                    help="recompute BatchNorm statistics over the whole training split first")
     p.add_argument("--keep", type=number(int, above=0), help="then delete all but the K newest versions (never LATEST)")
+    p.add_argument("--guidance", type=number(float, at_least=0, at_most=20),
+                   help="a conditional model's default guidance scale, 0 (off) to 20 (default 2)")
     return p
 
 
@@ -53,7 +55,7 @@ def cmd_export(args) -> None:
 
     try:
         published = export_checkpoint(args.checkpoint, args.registry, name=args.name, calibrate=args.calibrate,
-                                      keep=args.keep)
+                                      keep=args.keep, guidance=args.guidance)
     except (CheckpointError, DataError) as e:
         raise ExportError(str(e)) from None
     m = published.manifest

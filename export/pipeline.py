@@ -19,6 +19,7 @@ from training.models import count_parameters, nll
 
 from . import onnx_export, registry, step_export
 from .calibrate import calibrate_batchnorms
+from .errors import ExportError
 from .fold import fold_batchnorms
 from .parity import check_parity
 
@@ -60,11 +61,18 @@ def _onnx_metadata(name: str, version: str, meta: dict, metrics: dict) -> dict[s
 
 
 def export_checkpoint(checkpoint_path: str | Path, registry_dir: str | Path, name: str | None = None,
-                      calibrate: bool = False, keep: int | None = None, tables: bool = True) -> Published:
-    """tables=False exports a wavenet as before pair tables and step models (the benchmarks' baseline)."""
+                      calibrate: bool = False, keep: int | None = None, tables: bool = True,
+                      guidance: float | None = None) -> Published:
+    """tables=False exports a wavenet as before pair tables and step models (the benchmarks' baseline).
+    guidance: a conditional model's default guidance scale, the manifest's `guidance` (None: the contract's
+    DEFAULT_GUIDANCE): requests that name a condition and no scale are guided by it."""
     if name is not None:
         registry.check_name(name)  # before the slow part
+    if guidance is not None and not 0 <= guidance <= contract.MAX_GUIDANCE:
+        raise ExportError(f"--guidance {guidance}: must be from 0 to {contract.MAX_GUIDANCE:g}")
     checkpoint = load_checkpoint(checkpoint_path)
+    if guidance and not checkpoint.meta.get("conditions"):
+        raise ExportError(f"--guidance: {checkpoint_path} was trained without conditions; there is nothing to guide")
     root = registry.registry_root(registry_dir, create=True)
     meta = checkpoint.meta
     name = registry.check_name(name or meta["model_type"])
@@ -86,6 +94,8 @@ def export_checkpoint(checkpoint_path: str | Path, registry_dir: str | Path, nam
     try:
         manifest = _write_version(staging, checkpoint, dataset, reference, metrics, tables)
         manifest.update(calibrated=calibrated, checkpoint=str(Path(checkpoint_path).resolve()))
+        if meta.get("conditions"):
+            manifest["guidance"] = contract.DEFAULT_GUIDANCE if guidance is None else guidance
         contract.validate_manifest(manifest, f"{name}/{staging.version}")  # what serving will check
         (staging.path / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
                                                            encoding="utf-8")

@@ -170,6 +170,8 @@ class Manifest:
     # frequency of each combination of values seen (indices, from 1): the prior of p(condition | name).
     conditions: tuple[tuple[str, tuple[str, ...]], ...] = ()
     condition_prior: tuple[tuple[tuple[int, ...], float], ...] = ()
+    # A conditional model's default guidance scale, for requests that name a condition and no scale.
+    guidance: float = 0.0
     step_model: StepModelSpec | None = None  # the incremental step model, if the version has one
 
 
@@ -222,13 +224,19 @@ def validate_manifest(data, where: str) -> Manifest:
                                                 for v in metrics.values()):
         fail("'metrics' must map names to numbers")
     conditions, prior = validate_conditions(data.get("conditions", []), data.get("condition_prior", []), fail)
+    guidance = data.get("guidance", 0.0)
+    if type(guidance) not in (int, float) or not 0 <= guidance <= MAX_GUIDANCE or (guidance and not conditions):
+        fail(f"'guidance' must be a number from 0 to {MAX_GUIDANCE:g}, and only a conditional model's")
     return Manifest(data["model_type"], tuple(vocab), block_size, data["version"], dict(files), names_file,
-                    {k: float(v) for k, v in metrics.items()}, data, conditions, prior,
+                    {k: float(v) for k, v in metrics.items()}, data, conditions, prior, float(guidance),
                     _step_model(data, files, fail))
 
 
 CONDITION_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MAX_CONDITIONS, MAX_CONDITION_VALUES = 8, 1000
+# Classifier-free guidance: a guided row samples from logits(c) + w * (logits(c) - logits(any)).
+MAX_GUIDANCE = 20.0
+DEFAULT_GUIDANCE = 2.0  # what export writes into a conditional model's manifest, and `training sample` uses
 
 
 def validate_conditions(conditions, prior, fail) -> tuple[tuple, tuple]:

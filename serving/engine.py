@@ -15,6 +15,8 @@ import math
 import threading
 from typing import Callable
 
+from namegen.contract import MAX_GUIDANCE
+
 from .model import LoadedModel
 from .output import OutputProcessor
 from .request import GenerationRequest, GenerationResult, InvalidRequest, OnDone, SamplingParams
@@ -68,6 +70,7 @@ class Engine:
         condition = self.model.condition_indices(params.conditions)
         if params.n < 1:
             raise InvalidRequest(("n",), f"n must be at least 1, not {params.n}", params.n)
+        guidance = self._guidance(params.guidance, condition)
         if not 0 <= params.top_k <= MAX_TOP_K:
             raise InvalidRequest(("top_k",), f"top_k must be from 0 (off) to {MAX_TOP_K}", params.top_k)
         if not len(params.prefix) <= params.max_length <= self.max_name_length:
@@ -77,12 +80,23 @@ class Engine:
         try:
             self.scheduler.check_room(params.n)  # refusing costs no allocation; add() checks again, locked
             request = GenerationRequest(next(self._ids), params, prefix_tokens, params.n * self.attempts_per_name,
-                                        on_done, condition=condition)
+                                        on_done, condition=condition, guidance=guidance)
             self.scheduler.add(request)
         except (QueueFull, EngineStopped) as e:
             raise type(e)(f"{self.model.name}/{self.model.version}: {e}") from None
         self._wake.set()
         return request
+
+    def _guidance(self, asked: float | None, condition: tuple[int, ...]) -> float:
+        """The scale a request's rows are guided by: asked, or the model's default; 0 unless it names a condition."""
+        if asked is not None and not 0 <= asked <= MAX_GUIDANCE:  # not (...): NaN fails too
+            raise InvalidRequest(("guidance",), f"guidance must be from 0 to {MAX_GUIDANCE:g}, not {asked}", asked)
+        if asked and not self.model.conditions:
+            raise InvalidRequest(("guidance",), f"model {self.model.name!r} was trained without conditions; there "
+                                                "is nothing to guide (omit the field)", asked)
+        if not any(condition):
+            return 0.0
+        return self.model.manifest.guidance if asked is None else float(asked)
 
     def generate(self, params: SamplingParams, timeout: float | None = None) -> GenerationResult:
         """Blocking convenience for in-process callers (benchmarks, tests)."""

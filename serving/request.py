@@ -27,6 +27,7 @@ class SamplingParams:
     unique: bool = False
     exclude_training: bool = False
     conditions: tuple[tuple[str, str], ...] = ()  # (condition, value) pairs for a conditional model; others "any"
+    guidance: float | None = None  # classifier-free guidance scale for named conditions; None: the model's default
 
 
 class InvalidRequest(ValueError):
@@ -80,6 +81,7 @@ class GenerationRequest:
     submitted_at: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set by the caller's thread; the scheduler aborts the request at its next step
     condition: tuple[int, ...] = ()  # a conditional model's index per condition (0: any), every row alike
+    guidance: float = 0.0  # the scale its rows are guided by (0: none; always 0 when every condition is any)
     launched: int = 0  # next sample index
     live: int = 0  # rows in flight
     frontier: int = 0  # samples below it are settled: finished, and (unique) checked in index order

@@ -93,6 +93,9 @@ class ModelRunner:
     def next_chars(self, batch: Batch, caches=None) -> tuple[np.ndarray, np.ndarray]:
         """(character int64 [rows], its log-probability under the untempered model float64 [rows]). With
         caches (step_caches'), rows [0, batch.rows) of them are the batch's rows and steps update them."""
+        guided = np.flatnonzero(batch.guidance)  # only conditional models' rows, which have no step caches
+        if guided.size:
+            return self._guided_chars(batch, guided)
         if self.table is not None:  # a few gathers, on this thread
             return self.table.sample(self.context_index(batch.context), uniforms(batch.keys, batch.position),
                                      batch.temperature, batch.top_k, batch.end_allowed, batch.forced)
@@ -109,6 +112,31 @@ class ModelRunner:
             parts = self.backend.map_chunks(batch.rows, lambda rows, _: sample(rows, self.logits_table[index[rows]]))
         else:
             parts = self.backend.forward_map(batch.context, sample)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _guided_chars(self, batch: Batch, guided: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """next_chars with classifier-free guidance: a row of scale w draws from logits(c) + w * (logits(c) -
+        logits(any)), c its conditions, which favours what sets c apart. Its log-probability stays the model's
+        under c, as with temperature. Unguided rows draw from logits(c), as next_chars does (bit for bit: the
+        table's draws are checked equal to draws from computed logits)."""
+        unconditioned = batch.context[guided].copy()
+        unconditioned[:, self.block_size:] = 0
+        logits = self.logits(np.concatenate([batch.context, unconditioned]))  # one forward (or lookup) for both
+        conditioned, negative = logits[:batch.rows], logits[batch.rows:]
+        steered = conditioned.copy()
+        steered[guided] += batch.guidance[guided, None] * (conditioned[guided] - negative)  # float32, row by row
+        is_guided = batch.guidance != 0
+
+        def sample(rows: slice, _shape: int):  # runs on the chunk's forward thread
+            chosen, logp = sample_step(Distribution(steered[rows]), uniforms(batch.keys[rows], batch.position[rows]),
+                                       batch.temperature[rows], batch.top_k[rows], batch.end_allowed[rows],
+                                       batch.forced[rows])
+            mine = np.flatnonzero(is_guided[rows])
+            if mine.size:
+                logp[mine] = Distribution(conditioned[rows][mine]).logp_at(chosen[mine])
+            return chosen, logp
+
+        parts = self.backend.map_chunks(batch.rows, sample)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def close(self) -> None:

@@ -48,6 +48,7 @@ class RowState:
         self.sample_index = np.zeros(capacity, dtype=np.int64)
         self.request = np.zeros(capacity, dtype=np.int64)  # the id of the row's request
         self.temperature = np.zeros(capacity, dtype=np.float64)
+        self.guidance = np.zeros(capacity, dtype=np.float32)  # the logits' dtype: guided logits are float32 math
         self.top_k = np.zeros(capacity, dtype=np.int64)
         self.prefix_length = np.zeros(capacity, dtype=np.int64)
         self.min_length = np.zeros(capacity, dtype=np.int64)
@@ -82,6 +83,7 @@ class Batch:
     position: np.ndarray  # int64: characters so far; with the key, it picks the row's uniform
     temperature: np.ndarray
     top_k: np.ndarray
+    guidance: np.ndarray  # float32: classifier-free guidance scale, 0 for unguided rows
     end_allowed: np.ndarray  # bool: min_length reached
     forced: np.ndarray  # int64: the prefix character at this position, or -1 to draw
 
@@ -243,6 +245,7 @@ class Scheduler:
         rows.request[lo:hi] = each_row([request.id for request, _ in launches], np.int64)
         rows.temperature[lo:hi] = each_row([p.temperature for p in params], np.float64)
         rows.top_k[lo:hi] = each_row([p.top_k for p in params], np.int64)
+        rows.guidance[lo:hi] = each_row([request.guidance for request in requests], np.float32)
         rows.min_length[lo:hi] = each_row([p.min_length for p in params], np.int64)
         rows.max_length[lo:hi] = each_row([p.max_length for p in params], np.int64)
         rows.prefix_length[lo:hi] = each_row([len(r.prefix_tokens) for r in requests], np.int64)
@@ -270,7 +273,7 @@ class Scheduler:
         forced = np.full(n, -1, dtype=np.int64)
         if prefixed.any():
             forced[prefixed] = rows.tokens[np.flatnonzero(prefixed), length[prefixed]]
-        return Batch(rows.context[:n], rows.key[:n], length, rows.temperature[:n], rows.top_k[:n],
+        return Batch(rows.context[:n], rows.key[:n], length, rows.temperature[:n], rows.top_k[:n], rows.guidance[:n],
                      length >= rows.min_length[:n], forced)
 
     def update_from_output(self, token: np.ndarray, logp: np.ndarray) -> FinishedRows | None:

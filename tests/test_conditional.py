@@ -78,6 +78,9 @@ def test_checkpoint_eval_and_sample_know_the_conditions(conditional_checkpoint):
     girls = run_module("training", "sample", conditional_checkpoint, "--sex", "F", "--seed", "3", "-n", "30")
     boys = run_module("training", "sample", conditional_checkpoint, "--sex", "M", "--seed", "3", "-n", "30")
     assert girls.returncode == boys.returncode == 0 and girls.stdout != boys.stdout
+    unguided = run_module("training", "sample", conditional_checkpoint, "--sex", "F", "--seed", "3", "-n", "30",
+                          "--guidance", "0")
+    assert unguided.returncode == 0 and unguided.stdout != girls.stdout  # the default guides, as serving does
     bad = run_module("training", "sample", conditional_checkpoint, "--decade", "1955")
     assert bad.returncode == 2 and "--decade 1955: not among the model's values (1920, 2010)" in bad.stderr
 
@@ -97,6 +100,18 @@ def test_conditional_export_has_a_condition_input_and_the_conditions_in_its_meta
     assert [i.name for i in onnx.load(plain / ONNX_FILE).graph.input] == ["context"]
     assert "conditions" not in read_manifest(plain).raw and read_manifest(plain).conditions == ()
 
+
+
+def test_export_writes_the_default_guidance_of_conditional_models_only(conditional_registry, trained_checkpoints,
+                                                                       conditional_checkpoint, tmp_path):
+    conditional = conditional_registry / "mlp-conditional" / read_latest(conditional_registry, "mlp-conditional")
+    assert read_manifest(conditional).guidance == 2.0
+    for checkpoint, value, words in [(trained_checkpoints["mlp"], "1", "trained without conditions"),
+                                     (conditional_checkpoint, "21", "must be <= 20")]:
+        refused = run_module("export", checkpoint, "--registry", tmp_path, "--guidance", value)
+        assert refused.returncode == 2 and words in refused.stderr and len(refused.stderr.splitlines()) == 1, \
+            refused.stderr
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 @pytest.fixture(scope="module")
 def conditional_server(conditional_registry):
@@ -175,6 +190,34 @@ def test_an_ensemble_of_conditional_members_is_conditional(tmp_path, records_fil
     assert sampled.returncode == 0 and len(sampled.stdout.split()) == 5, sampled.stderr
 
 
+
+def test_guidance_leans_names_to_the_asked_sex_and_is_a_422_where_it_cannot_apply(conditional_server):
+    # In the SSA records girls' names end in "a" far more often than boys'; guidance (logits(c) + w *
+    # (logits(c) - logits(any))) sharpens what sets a sex apart, so the gap between the asked sexes widens.
+    url = conditional_server + "/v1/generate"
+
+    def ending_in_a(sex, guidance):
+        names = httpx.post(url, json={"n": 600, "seed": 1, "sex": sex, "guidance": guidance}).json()["names"]
+        return sum(entry["name"].endswith("a") for entry in names) / len(names)
+
+    plain, guided = [ending_in_a("F", g) - ending_in_a("M", g) for g in (0, 4)]
+    assert 0 < plain < guided, (plain, guided)
+    models = {m["name"]: m for m in httpx.get(conditional_server + "/v1/models").json()["models"]}
+    assert models["mlp-conditional"]["guidance"] == 2.0 and models["mlp"]["guidance"] == 0.0  # the export default
+    default = httpx.post(url, json={"n": 30, "seed": 2, "sex": "F"}).json()["names"]
+    assert default == httpx.post(url, json={"n": 30, "seed": 2, "sex": "F", "guidance": 2.0}).json()["names"]
+    assert default != httpx.post(url, json={"n": 30, "seed": 2, "sex": "F", "guidance": 0}).json()["names"]
+    # Nothing named, nothing to guide: the same names at any scale.
+    assert httpx.post(url, json={"n": 30, "seed": 2}).json() == httpx.post(url, json={"n": 30, "seed": 2,
+                                                                                     "guidance": 9}).json()
+    for body, text in [({"guidance": 21}, "less than or equal to 20"), ({"guidance": -1}, "greater than or equal"),
+                       ({"guidance": "2"}, "valid number"),
+                       ({"model": "mlp", "guidance": 1.5}, "trained without conditions")]:
+        response = httpx.post(url, json={"n": 2, **body})
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"][0]
+        assert detail["loc"][:2] == ["body", "guidance"] and text in detail["msg"], detail
+
 def test_sdk_and_cli_take_sex_decade_and_explain(conditional_server):
     from clients import BadRequestError, NameGenClient
 
@@ -191,12 +234,25 @@ def test_sdk_and_cli_take_sex_decade_and_explain(conditional_server):
     assert table.returncode == 0 and explained.most_likely["decade"] in table.stdout, table.stderr
     refused = run_module("clients", "generate", "--decade", "1955", "--url", conditional_server, timeout=60)
     assert refused.returncode == 2 and "1920, 2010" in refused.stderr
+    with NameGenClient(conditional_server) as client:
+        assert client.generate(5, seed=7, sex="F", guidance=0).raw == \
+            httpx.post(conditional_server + "/v1/generate", json={"n": 5, "seed": 7, "sex": "F", "guidance": 0}).json()
+        assert {m.name: m.guidance for m in client.models().models}["mlp-conditional"] == 2.0
+    unguided = run_module("clients", "generate", "--sex", "F", "--guidance", "0", "-n", "5", "--seed", "7", "--json",
+                          "--url", conditional_server, timeout=60)
+    assert unguided.returncode == 0 and json.loads(unguided.stdout) == client_raw_unguided(conditional_server), \
+        unguided.stderr
+
+
+def client_raw_unguided(url):
+    return httpx.post(url + "/v1/generate", json={"n": 5, "seed": 7, "sex": "F", "guidance": 0}).json()
 
 
 def test_an_interrupted_conditional_run_resumes_bit_identical(tmp_path, records_file):
     # Condition dropout draws from the global generator: resuming must restore it.
     args = ["--n-embd", "8", "--n-hidden", "32", "--steps", "2000", "--eval-every", "100", "--seed", "3",
-            "--data", str(records_file), "--condition", "sex,decade", "--quiet", "--no-plots"]
+            "--data", str(records_file), "--condition", "sex,decade", "--condition-dropout-all", "0.2", "--quiet",
+            "--no-plots"]
     straight = run_module("training", "train", *args, "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "interrupted"

@@ -41,6 +41,10 @@ def test_latest_that_is_not_a_version_name_is_refused_naming_the_file(tmp_path, 
     assert str(tmp_path / "mlp" / "LATEST") in str(error.value)
 
 
+SEXES = {"conditions": [{"name": "sex", "values": ["F", "M"]}],
+         "condition_prior": [{"values": ["F"], "p": 0.5}, {"values": ["M"], "p": 0.5}]}
+
+
 def good_manifest(**changes):
     manifest = {"format": "namegen.model", "version": VERSION, "model_type": "mlp", "vocab": list(".abc"),
                 "block_size": 3, "files": {"model.onnx": "0" * 64, "training_names.txt": "1" * 64},
@@ -61,12 +65,18 @@ def good_manifest(**changes):
     ({"files": ["model.onnx"]}, "'files' must map"),
     ({"training_names": "elsewhere.txt"}, "'training_names' must name a file listed"),
     ({"metrics": {"val_nll": "low"}}, "'metrics' must map names to numbers"),
+    ({"guidance": 2.0}, "'guidance' must be a number from 0 to 20, and only a conditional model's"),
+    ({**SEXES, "guidance": 25}, "'guidance' must be a number from 0 to 20"),
+    ({**SEXES, "guidance": "2"}, "'guidance' must be a number"),
+    ({**SEXES, "guidance": True}, "'guidance' must be a number"),
 ])
 def test_manifest_with_a_wrong_type_or_missing_key_is_refused_naming_the_key(changes, words):
     with pytest.raises(ContractError, match=words):
         validate_manifest(good_manifest(**changes), "here/manifest.json")
     manifest = validate_manifest(good_manifest(), "here/manifest.json")
     assert manifest.vocab == (".", "a", "b", "c") and manifest.block_size == 3 and manifest.metrics == {"val_nll": 2.1}
+    assert manifest.guidance == 0.0
+    assert validate_manifest(good_manifest(**SEXES, guidance=3), "here/manifest.json").guidance == 3.0
 
 
 def test_every_file_serving_loads_must_be_listed_inside_the_folder_and_match(tmp_path):

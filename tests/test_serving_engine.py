@@ -95,7 +95,9 @@ CONDITIONED = [SamplingParams(n=60, seed=5, conditions=(("sex", "F"),)),
                SamplingParams(n=60, seed=5, conditions=(("sex", "M"), ("decade", "1920"))),
                SamplingParams(n=40, seed=5),  # any sex, any decade
                SamplingParams(n=30, seed=9, temperature=0.7, top_k=6, prefix="ma", conditions=(("decade", "2010"),)),
-               SamplingParams(n=25, seed=8, exclude_training=True, unique=True, conditions=(("sex", "F"),))]
+               SamplingParams(n=25, seed=8, exclude_training=True, unique=True, conditions=(("sex", "F"),)),
+               SamplingParams(n=50, seed=5, conditions=(("sex", "F"),), guidance=0.0),  # unguided
+               SamplingParams(n=50, seed=5, conditions=(("sex", "F"),), guidance=6.5)]
 
 
 def mixed_conditions_run(engine):
@@ -104,7 +106,7 @@ def mixed_conditions_run(engine):
     noise = [SamplingParams(n=rng.randint(1, 200), seed=rng.randrange(2**63),
                             conditions=tuple(pair for pair in (("sex", rng.choice(["F", "M", None])),
                                                                ("decade", rng.choice(["1920", "2010", None])))
-                                             if pair[1]))
+                                             if pair[1]), guidance=rng.choice([None, 0.0, 1.5]))
              for _ in range(30)]
     return mixed_run_of(engine, CONDITIONED, noise)
 
@@ -115,6 +117,10 @@ def test_seeded_requests_with_mixed_conditions_are_identical_alone_or_batched(co
     alone = [named(reference.generate(p)) for p in CONDITIONED]
     reference.stop()
     assert alone[0] != alone[1] != alone[2]  # same seed, other conditions, other names
+    assert alone[0] != alone[5] != alone[6]  # the model's default guidance (2), none, and 6.5 differ
+    # The NLL stays the model's under the conditions, guided or not: the same name scores the same.
+    scored = {name: nll for name, nll in alone[5]}
+    assert all(abs(scored[name] - nll) < 1e-9 for name, nll in alone[0] + alone[6] if name in scored)
     for rows, threads, table_mb in [(5, 1, 0), (100, 2, 64), (4096, 2, 0), (4096, 2, 64)]:
         engine = make_engine(conditional_registry, name="mlp-conditional", max_batch_rows=rows, threads=threads,
                              table_mb=table_mb)

@@ -8,6 +8,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from namegen.argparsing import OneLineParser, UsageError, number
+from namegen.contract import DEFAULT_GUIDANCE, MAX_GUIDANCE
 
 from .checkpoint import META_FILE, CheckpointError, load_checkpoint, read_meta
 from .conditions import (condition_indices, dataset_from_lines, load_dataset, parse_condition_list, parse_years,
@@ -23,8 +24,21 @@ def _add_condition_arguments(t: argparse.ArgumentParser) -> None:
                                    "(default with --condition: 1880-2017)")
     t.add_argument("--condition-dropout", type=number(float, at_least=0, below=1),
                    help="with --condition: each condition of a training row is 'any' with this probability (0.2)")
+    t.add_argument("--condition-dropout-all", type=number(float, at_least=0, below=1),
+                   help="with --condition: every condition of a training row at once (0)")
     t.add_argument("--condition", help="condition on these columns, e.g. sex,decade (SSA) or a CSV's own columns "
                                        "(--data with a header: name,COLUMN,...)")
+
+
+def _add_sample_parser(sub) -> None:
+    s = sub.add_parser("sample", help="print sampled names")
+    s.add_argument("checkpoint", type=Path)
+    s.add_argument("-n", type=number(int, above=0), default=20)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--sex", help="a conditional model's sex (F or M); omitted: any")
+    s.add_argument("--decade", help="a conditional model's decade (1880, 1890, ...); omitted: any")
+    s.add_argument("--guidance", type=number(float, at_least=0, at_most=MAX_GUIDANCE), default=DEFAULT_GUIDANCE,
+                   help=f"how strongly names lean to --sex and --decade (default {DEFAULT_GUIDANCE:g}, as served)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,12 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", type=Path)
     e.add_argument("--data", help="evaluate on this file's split instead of the checkpoint's word list")
 
-    s = sub.add_parser("sample", help="print sampled names")
-    s.add_argument("checkpoint", type=Path)
-    s.add_argument("-n", type=number(int, above=0), default=20)
-    s.add_argument("--seed", type=int)
-    s.add_argument("--sex", help="a conditional model's sex (F or M); omitted: any")
-    s.add_argument("--decade", help="a conditional model's decade (1880, 1890, ...); omitted: any")
+    _add_sample_parser(sub)
 
     g = sub.add_parser("plot", help="write the checkpoint's PNG figures")
     g.add_argument("checkpoint", type=Path)
@@ -265,7 +274,8 @@ def cmd_sample(args) -> None:
     if args.seed is None:
         print(f"seed {seed}", file=sys.stderr)
     condition = condition_indices(checkpoint.meta, {"sex": args.sex, "decade": args.decade})
-    for name in sample_names(checkpoint.model, checkpoint.vocab, args.n, seed, condition=condition):
+    for name in sample_names(checkpoint.model, checkpoint.vocab, args.n, seed, condition=condition,
+                             guidance=args.guidance):
         print(name)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -253,6 +254,30 @@ def condition_indices(meta: dict, requested: dict[str, str | None]) -> list[int]
         return None
     return [conditions.values[i].index(asked[name]) + 1 if name in asked else ANY
             for i, name in enumerate(conditions.names)]
+
+
+def marginal_val_nll(model, dataset: ConditionalDataset, block_size: int, prior: list[dict]) -> float:
+    """Val NLL per character of the model's exact marginal, p(name) = sum over c of p(c) p(name | c), with p(c)
+    the training frequencies (checkpoint.json's condition_prior): what "any" would be with every combination
+    of values run, against the learned "any" that val_nll_by_condition scores with one."""
+    import torch.nn.functional as F
+
+    X, Y = dataset.contexts("val", block_size)
+    lengths = torch.tensor([len(w) + 1 for w in dataset.split.val])
+    word_of_row = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    lookup = [{v: i + 1 for i, v in enumerate(values)} for values in dataset.conditions.values]
+    joint = []  # [combinations, val words]: log p(c) + log p(word | c)
+    model.eval()
+    with torch.no_grad():
+        for entry in prior:
+            combo = torch.tensor([known[v] for v, known in zip(entry["values"], lookup)])
+            rows = X.clone()
+            rows[:, block_size:] = combo
+            logp = torch.cat([-F.cross_entropy(model(rows[i:i + 65536]).double(), Y[i:i + 65536], reduction="none")
+                              for i in range(0, len(rows), 65536)])
+            joint.append(torch.zeros(len(lengths), dtype=torch.float64).index_add_(0, word_of_row, logp)
+                         + math.log(entry["p"]))
+    return -torch.logsumexp(torch.stack(joint), 0).sum().item() / int(lengths.sum())
 
 
 def val_nll_by_condition(model, dataset: ConditionalDataset, block_size: int) -> list[tuple[str, float]]:

@@ -28,11 +28,12 @@ class ModelConfig:
     members: list[dict] = field(default_factory=list)  # ensemble: the members' configs
     conditions: list[int] = field(default_factory=list)  # values + 1 ("any") per condition (conditional_models.py)
     condition_dropout: float = 0.2  # while training, each condition of a row is "any" with this probability
+    condition_dropout_all: float = 0.0  # and every condition of a row at once, with this one
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if not self.conditions:  # an unconditional model's checkpoint.json stays as it was
-            del d["conditions"], d["condition_dropout"]
+            del d["conditions"], d["condition_dropout"], d["condition_dropout_all"]
         if not self.n_hidden_first:  # and so does a wavenet's of one width
             del d["n_hidden_first"]
         return d

@@ -10,11 +10,22 @@ from .data import Vocab
 
 @torch.no_grad()
 def sample_names(model, vocab: Vocab, n: int, seed: int, max_length: int = MAX_NAME_LENGTH,
-                 condition: list[int] | None = None) -> list[str]:
-    """condition: a conditional model's index per condition (0: any), the same for every name."""
+                 condition: list[int] | None = None, guidance: float = 0.0) -> list[str]:
+    """condition: a conditional model's index per condition (0: any), the same for every name; guidance w:
+    draw from logits(condition) + w * (logits(condition) - logits(any)), as serving does."""
     model.eval()
-    forward = model if condition is None else \
-        (lambda context: model(torch.cat([context, torch.tensor([condition]).expand(len(context), -1)], dim=1)))
+
+    def conditioned(context: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        return model(torch.cat([context, torch.tensor([indices]).expand(len(context), -1)], dim=1))
+
+    def forward(context: torch.Tensor) -> torch.Tensor:
+        if condition is None:
+            return model(context)
+        logits = conditioned(context, condition)
+        if guidance and any(condition):
+            logits = logits + guidance * (logits - conditioned(context, [0] * len(condition)))
+        return logits
+
     generator = torch.Generator().manual_seed(seed)
     block_size = model.cfg.block_size
     context = torch.zeros(n, block_size, dtype=torch.long)  # [n, T], all boundary

@@ -40,7 +40,7 @@ async def generate_names(body: GenerateRequest, manager: ModelManager, settings:
     params = SamplingParams(n=body.n, seed=seed, temperature=body.temperature, top_k=body.top_k or 0,
                             prefix=body.prefix, min_length=body.min_length, max_length=body.max_length,
                             unique=body.unique, exclude_training=body.exclude_training,
-                            conditions=body.condition_pairs())
+                            conditions=body.condition_pairs(), guidance=body.guidance)
     model_name, result = await _run(body.model, params, manager, settings)
     metrics.names_generated.labels(model_name).inc(len(result.names))
     # Plain dicts: a pydantic object per name costs more than the sampling for large n. The shape is

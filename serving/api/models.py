@@ -15,7 +15,8 @@ async def list_models(manager: ManagerDep, settings: SettingsDep) -> ModelsRespo
                        vocab=list(s.model.vocab), block_size=s.model.block_size, metrics=s.model.manifest.metrics,
                        backend=settings.backend, device=settings.device,
                        logits_table=s.model.runner.logits_table is not None,
-                       conditions={name: list(values) for name, values in s.model.conditions})
+                       conditions={name: list(values) for name, values in s.model.conditions},
+                       guidance=s.model.manifest.guidance)
              for name, s in sorted(manager.served().items())]
     rejected = [RejectedVersion(model=name, version=version, error=error)
                 for name, (version, error) in sorted(manager.rejected().items())]

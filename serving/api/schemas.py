@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
-from namegen.contract import MAX_NAME_LENGTH
+from namegen.contract import MAX_GUIDANCE, MAX_NAME_LENGTH
 
 from ..engine import MAX_TOP_K  # any k from the vocabulary size up keeps every character
 
@@ -40,6 +40,10 @@ class GenerateRequest(ConditionFields):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True, description="same seed, same names; omitted: random, echoed")
     temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False, strict=True, description="0 (or below 1e-30): greedy")
     top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, strict=True, description="sample among the k likeliest characters")
+    guidance: float | None = Field(
+        None, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False, strict=True,
+        description="conditional models: how strongly names lean to the conditions given, classifier-free "
+                    "guidance (0: plain conditional sampling); omitted: the model's default (/v1/models)")
     prefix: str = Field("", max_length=MAX_NAME_LENGTH, description="every name starts with it")
     min_length: int = Field(1, ge=0, le=MAX_NAME_LENGTH, strict=True, description="characters, prefix included")
     max_length: int = Field(32, ge=1, le=MAX_NAME_LENGTH, strict=True, validate_default=True,  # checks the prefix
@@ -119,6 +123,7 @@ class ModelInfo(BaseModel):
     logits_table: bool  # every context's logits precomputed at load (NAMEGEN_LOGITS_TABLE_MB)
     conditions: dict[str, list[str]] = Field(default_factory=dict, description="a conditional model's conditions "
                                                                                "and the values each takes")
+    guidance: float = Field(0.0, description="a conditional model's default guidance scale (generate's `guidance`)")
 
 
 class RejectedVersion(BaseModel):
