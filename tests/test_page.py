@@ -368,6 +368,30 @@ def test_sex_and_decade_offer_the_models_values_and_give_the_apis_names(browse, 
     assert tab.errors == []
 
 
+def test_guidance_in_the_url_gives_the_apis_names_shows_the_default_and_is_off_without_conditions(browse, api):
+    from playwright.sync_api import expect
+
+    body = dict(model="mlp-conditional", n=6, seed=11, sex="F")
+    expected = api_names(api, **body, guidance=0)
+    assert expected != api_names(api, **body)  # guidance 0 is not the default: the page must send it
+    listed = {m["name"]: m for m in api.get("/v1/models").json()["models"]}
+    tab = browse()
+    tab.open("/?model=mlp-conditional&n=6&seed=11&sex=F&guidance=0")
+    assert shown_when_done(tab, 6) == expected and tab.query()["guidance"] == "0"
+    guidance = tab.page.locator("#guidance")
+    assert guidance.get_attribute("placeholder") == f"{listed['mlp-conditional']['guidance']:g}"  # "2"
+    assert guidance.is_enabled() and guidance.input_value() == "0"
+    tab.page.select_option("#model", "mlp")  # no conditions: nothing to guide, and nothing sent
+    assert guidance.is_disabled() and guidance.input_value() == ""
+    assert click_and_wait(tab, "#generate") == ("11", api_names(api, model="mlp", n=6, seed=11))
+    assert tab.query() == {"model": "mlp", "n": "6", "seed": "11"} and tab.errors == []
+    tab.page.goto("/?model=mlp-conditional&n=3&guidance=21")  # a bad value: the server's 422, under the field
+    details = api.post("/v1/generate", json={"model": "mlp-conditional", "n": 3, "guidance": 21}).json()["detail"]
+    expect(tab.page.locator("#guidance-error")).to_have_text(
+        next(e["msg"] for e in details if e["loc"] == ["body", "guidance"]))
+    assert guidance.get_attribute("aria-invalid") == "true"
+
+
 def test_a_value_the_model_lacks_is_refused_next_to_its_field(browse):
     from playwright.sync_api import expect
 

@@ -66,9 +66,11 @@ async function loadModels() {
   if (listing.models.length === 0) say("The server serves no model yet; publish one (`make run` does).", "error");
 }
 
-// The sex and decade lists offer the chosen model's values; a model without them leaves both disabled.
+// The sex and decade lists offer the chosen model's values, guidance shows its default; a model without
+// conditions leaves all three disabled and empty.
 function showConditions() {
-  const conditions = models.get($("model").value)?.conditions ?? {};
+  const model = models.get($("model").value);
+  const conditions = model?.conditions ?? {};
   for (const name of ["sex", "decade"]) {
     const select = $(name);
     const kept = select.value;
@@ -76,6 +78,10 @@ function showConditions() {
     select.disabled = !(name in conditions);
     select.value = [...select.options].some((option) => option.value === kept) ? kept : "";
   }
+  const guidance = $("guidance");
+  guidance.placeholder = model === undefined ? "" : String(model.guidance);
+  guidance.disabled = Object.keys(conditions).length === 0;
+  if (guidance.disabled) guidance.value = "";
 }
 
 function chooseModel(name) {

@@ -5,7 +5,7 @@
 export const FIELDS = {
   model: "text", n: "integer", seed: "integer", prefix: "text", temperature: "number", top_k: "integer",
   min_length: "integer", max_length: "integer", unique: "boolean", exclude_training: "boolean",
-  sex: "text", decade: "integer",
+  sex: "text", decade: "integer", guidance: "number",
 };
 const JSON_NUMBER = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$/;
 
