@@ -77,17 +77,20 @@ def train_pair(model: str, steps: int, years: str, sizes: dict, dropout: tuple[f
 
 
 def ssa_counts(first: int, last: int):
-    """(name -> {sex: count}, decade -> its top names of each sex, (name, decade) -> sexes) over the years."""
+    """(name -> {sex: count}, decade -> its top names of each sex, (name, decade) -> sexes, decade -> its
+    records' names) over the years."""
     by_sex, top, sexes = defaultdict(lambda: defaultdict(int)), defaultdict(set), defaultdict(set)
+    records = defaultdict(list)
     ranked = defaultdict(int)  # (decade, sex) -> names taken so far: records come by count, descending
     for row in ssa_decade_counts(first, last):
         name, decade, sex = row["name"], row["decade"], row["sex"]
         by_sex[name][sex] += row["n_sum"]
         sexes[name, str(decade)].add(sex)
+        records[decade].append(name)
         if ranked[decade, sex] < TOP:
             top[decade].add(name)
             ranked[decade, sex] += 1
-    return by_sex, top, sexes
+    return by_sex, top, sexes, records
 
 
 def nll_figures(paths: dict) -> dict:
@@ -102,8 +105,9 @@ def nll_figures(paths: dict) -> dict:
             "records": len(data.words), "split": data.split.sizes(), "by_condition": by_condition, "data": data}
 
 
-def generate(engine: Engine, conditions: tuple, seed: int, guidance: float) -> list[str]:
-    return engine.generate(SamplingParams(n=GENERATED, seed=seed, conditions=conditions, guidance=guidance)).names
+def generate(engine: Engine, conditions: tuple, seed: int, guidance: float, temperature: float = 1.0) -> list[str]:
+    return engine.generate(SamplingParams(n=GENERATED, seed=seed, conditions=conditions, guidance=guidance,
+                                          temperature=temperature)).names
 
 
 def record_ceiling(by_sex, sexes, sex: str, other: str) -> float:
@@ -129,15 +133,23 @@ def sex_figures(engine: Engine, by_sex, sexes, guidance: float) -> list[str]:
     return lines
 
 
-def decade_figures(engine: Engine, top, guidance: float) -> list[str]:
-    generated = {decade: generate(engine, (("decade", str(decade)),), seed=2, guidance=guidance)
+def decade_figures(engine: Engine, top, guidance: float, temperature: float) -> list[str]:
+    generated = {decade: generate(engine, (("decade", str(decade)),), 2, guidance, temperature)
                  for decade in (1920, 2010)}
-    lines = []
-    for target in (1920, 2010):
-        rates = {asked: sum(n in top[target] for n in names) / GENERATED for asked, names in generated.items()}
-        lines.append(f"  in the SSA top {TOP} (per sex) of the {target}s: names generated for 1920 "
-                     f"{rates[1920]:.1%}, for 2010 {rates[2010]:.1%}")
-    return lines
+    rates = {(asked, target): sum(n in top[target] for n in names) / GENERATED
+             for asked, names in generated.items() for target in (1920, 2010)}
+    return [f"  temperature {temperature:g}: in the SSA top {TOP} (per sex) of the 1920s, names generated for 1920 "
+            f"{rates[1920, 1920]:.1%}, for 2010 {rates[2010, 1920]:.1%}; of the 2010s, for 2010 "
+            f"{rates[2010, 2010]:.1%}, for 1920 {rates[1920, 2010]:.1%}"]
+
+
+def decade_ceiling(records: dict, top) -> str:
+    """The same rates for a model that samples its training records exactly: each decade's records."""
+    rates = {(asked, target): sum(n in top[target] for n in records[asked]) / len(records[asked])
+             for asked in (1920, 2010) for target in (1920, 2010)}
+    return (f"  the records themselves: in the top {TOP} of the 1920s, records of the 1920s {rates[1920, 1920]:.1%}, "
+            f"of the 2010s {rates[2010, 1920]:.1%}; of the 2010s, records of the 2010s {rates[2010, 2010]:.1%}, "
+            f"of the 1920s {rates[1920, 2010]:.1%}")
 
 
 def explain_figures(model, data, sexes) -> list[str]:
@@ -244,21 +256,25 @@ def main() -> None:
     p.add_argument("--condition-dropout", type=float, default=0.2, help="the conditional model's, per condition")
     p.add_argument("--condition-dropout-all", type=float, default=0.0, help="the conditional model's, all at once")
     p.add_argument("--guidance", default="0,2", help="guidance scales to generate the sex and decade figures with")
+    p.add_argument("--temperatures", default="1,0.5", help="temperatures to generate the decade figures at")
     args = p.parse_args()
     scales = [float(g) for g in args.guidance.split(",")]
+    temperatures = [float(t) for t in args.temperatures.split(",")]
     paths = train_pair(args.model, args.steps, args.years, {"n_embd": args.n_embd, "n_hidden": args.n_hidden},
                        (args.condition_dropout, args.condition_dropout_all))
     first, last = map(int, args.years.split("-"))
     figures = nll_figures(paths)
     registry = served_registry(paths)
-    by_sex, top, sexes = ssa_counts(first, last)
+    by_sex, top, sexes, records = ssa_counts(first, last)
     settings = Settings(registry=registry, threads=2)
     model = load_version(settings, "conditional", read_latest(registry, "conditional"))
     engine = Engine(model, 4096, max_queue=100, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
     lines = []
     for scale in scales:
         lines += [f"  guidance {scale:g}{' (the export default)' if scale == model.manifest.guidance else ''}:"]
-        lines += sex_figures(engine, by_sex, sexes, scale) + decade_figures(engine, top, scale)
+        lines += sex_figures(engine, by_sex, sexes, scale)
+        lines += [line for t in temperatures for line in decade_figures(engine, top, scale, t)]
+    lines.append(decade_ceiling(records, top))
     engine.stop()
     lines += explain_figures(model, figures["data"], sexes)
     model.close()
