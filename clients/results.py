@@ -13,6 +13,7 @@ from typing import Any
 class GeneratedName:
     name: str
     nll: float  # negative log-likelihood of the whole name under the model, end token included
+    conditions: dict[str, str] | None = None  # a conditional model's request that left some out: those drawn
 
 
 @dataclass
@@ -27,7 +28,8 @@ class Generation:
     @classmethod
     def from_json(cls, data: dict) -> Generation:
         return cls(model=data["model"], version=data["version"], seed=data["seed"],
-                   names=[GeneratedName(name=item["name"], nll=item["nll"]) for item in data["names"]],
+                   names=[GeneratedName(name=item["name"], nll=item["nll"], conditions=item.get("conditions"))
+                          for item in data["names"]],
                    exhausted=bool(data.get("exhausted", False)), raw=data)
 
 

@@ -15,8 +15,11 @@ import math
 import threading
 from typing import Callable
 
+import numpy as np
+
 from namegen.contract import MAX_GUIDANCE
 
+from .conditions import combinations
 from .model import LoadedModel
 from .output import OutputProcessor
 from .request import GenerationRequest, GenerationResult, InvalidRequest, OnDone, SamplingParams
@@ -45,7 +48,9 @@ class Engine:
         if self.caches is not None:
             for ring, node in zip(self.caches.columns, self.caches.padding):
                 self.scheduler.rows.attach(ring, node)
-        self.output = OutputProcessor(model.version, model.codepoints, model.encoding, model.training_names)
+        self.output = OutputProcessor(model.version, model.codepoints, model.encoding, model.training_names,
+                                      model.conditions)
+        self._draws: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}  # given conditions -> their draws
         self._ids = itertools.count()
         self.steps = 0  # steps run: the manager tells an idle engine by it
         self._wake = threading.Event()
@@ -80,12 +85,24 @@ class Engine:
         try:
             self.scheduler.check_room(params.n)  # refusing costs no allocation; add() checks again, locked
             request = GenerationRequest(next(self._ids), params, prefix_tokens, params.n * self.attempts_per_name,
-                                        on_done, condition=condition, guidance=guidance)
+                                        on_done, condition=condition, guidance=guidance, draws=self._draws_for(condition))
             self.scheduler.add(request)
         except (QueueFull, EngineStopped) as e:
             raise type(e)(f"{self.model.name}/{self.model.version}: {e}") from None
         self._wake.set()
         return request
+
+    def _draws_for(self, condition: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+        """What rows of a request with these condition indices draw the ones left out (0) from: the combinations
+        of values seen in training that hold the given ones, and their cumulative prior. None: nothing left out."""
+        if 0 not in condition:
+            return None
+        if condition not in self._draws:
+            combos, prior = combinations(self.model, condition, ("conditions",))
+            cdf = np.cumsum(prior)
+            cdf[-1] = 1.0  # every u < 1 finds a combination
+            self._draws[condition] = combos, cdf
+        return self._draws[condition]
 
     def _guidance(self, asked: float | None, condition: tuple[int, ...]) -> float:
         """The scale a request's rows are guided by: asked, or the model's default; 0 unless it names a condition."""

@@ -9,8 +9,10 @@ from .scheduler import FinishedRows
 
 
 class OutputProcessor:
-    def __init__(self, version: str, codepoints: np.ndarray, encoding: str, training_names: frozenset[str]):
+    def __init__(self, version: str, codepoints: np.ndarray, encoding: str, training_names: frozenset[str],
+                 conditions: tuple[tuple[str, tuple[str, ...]], ...] = ()):
         self.version = version
+        self.conditions = conditions  # a conditional model's names and values: drawn ones are spelled out
         self.codepoints = codepoints  # [vocab]: token -> code point
         self.encoding = encoding  # how an array of those code points decodes
         self.training_names = training_names  # exclude_training rejects these
@@ -23,7 +25,8 @@ class OutputProcessor:
             accepted = finished.ended[lo:hi]
             if request.params.exclude_training:
                 accepted = accepted & np.array([name not in self.training_names for name in names[lo:hi]])
-            request.record(finished.sample_index[lo:hi], names[lo:hi], finished.nll[lo:hi], accepted)
+            request.record(finished.sample_index[lo:hi], names[lo:hi], finished.nll[lo:hi], accepted,
+                           finished.conditions[lo:hi])
             if request.complete:
                 self.answer(request)
         return [request for request, _, _ in finished.groups]
@@ -33,7 +36,7 @@ class OutputProcessor:
             request.status = RequestStatus.ABORTED
             return
         request.status = RequestStatus.FINISHED
-        request.on_done(request.result(self.version))
+        request.on_done(request.result(self.version, self.conditions))
 
     def decode(self, tokens: np.ndarray, length: np.ndarray) -> list[str]:
         """All finished names in one pass: code points, a newline after each, one decode, one split."""

@@ -45,6 +45,9 @@ class GenerationResult:
     nlls: list[float]  # each name's NLL in nats under the model, end token included
     version: str
     exhausted: bool  # the attempt budget ran out before n names were accepted
+    # A conditional model's request that left conditions out: per name, every condition's value it was drawn
+    # under ({condition: value}); None otherwise.
+    conditions: list[dict[str, str]] | None = None
 
 
 class RequestStatus(enum.Enum):
@@ -82,6 +85,9 @@ class GenerationRequest:
     cancelled: bool = False  # set by the caller's thread; the scheduler aborts the request at its next step
     condition: tuple[int, ...] = ()  # a conditional model's index per condition (0: any), every row alike
     guidance: float = 0.0  # the scale its rows are guided by (0: none; always 0 when every condition is any)
+    # Conditions left out are drawn per sample from the training prior, the model's exact marginal:
+    # (combinations int64 [C, k] holding the given ones, their cumulative probabilities [C]); None: none left out.
+    draws: tuple[np.ndarray, np.ndarray] | None = None
     launched: int = 0  # next sample index
     live: int = 0  # rows in flight
     frontier: int = 0  # samples below it are settled: finished, and (unique) checked in index order
@@ -90,6 +96,7 @@ class GenerationRequest:
     sample_status: np.ndarray = field(init=False)  # SampleStatus per sample index
     names: np.ndarray = field(init=False)  # per sample index, once finished
     nlls: np.ndarray = field(init=False)
+    drawn: np.ndarray = field(init=False)  # int64 [samples, k]: each sample's condition indices, when draws
     seen: set[str] = field(default_factory=set)  # unique: names accepted so far
     seed_key: int = field(init=False)  # mixes into every sample's stream key (sampler.sample_keys)
 
@@ -98,6 +105,7 @@ class GenerationRequest:
         size = min(self.params.n, self.max_attempts)  # room for n samples; rejections grow it in launch()
         self.sample_status, self.names, self.nlls = (np.zeros(size, dtype=np.int8), np.zeros(size, dtype=object),
                                                      np.zeros(size, dtype=np.float64))
+        self.drawn = np.zeros((size if self.draws is not None else 0, len(self.condition)), dtype=np.int64)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -116,8 +124,8 @@ class GenerationRequest:
         """Take the next `count` sample indices, with room to record them; returns the first."""
         if self.launched + count > len(self.sample_status):
             size = min(max(2 * len(self.sample_status), self.launched + count), self.max_attempts)
-            for column in ("sample_status", "names", "nlls"):
-                grown = np.zeros(size, dtype=getattr(self, column).dtype)
+            for column in ("sample_status", "names", "nlls") + (("drawn",) if self.draws is not None else ()):
+                grown = np.zeros((size, *getattr(self, column).shape[1:]), dtype=getattr(self, column).dtype)
                 grown[: self.launched] = getattr(self, column)[: self.launched]
                 setattr(self, column, grown)
         first = self.launched
@@ -125,11 +133,15 @@ class GenerationRequest:
         self.live += count
         return first
 
-    def record(self, indices: np.ndarray, names: list[str], nlls: np.ndarray, accepted: np.ndarray) -> None:
-        """Record finished samples (accepted: bool per sample) and move the frontier over settled ones."""
+    def record(self, indices: np.ndarray, names: list[str], nlls: np.ndarray, accepted: np.ndarray,
+               conditions: np.ndarray) -> None:
+        """Record finished samples (accepted: bool per sample; conditions: their condition indices [samples, k])
+        and move the frontier over settled ones."""
         self.sample_status[indices] = np.where(accepted, ACCEPTED, REJECTED)
         self.names[indices] = names
         self.nlls[indices] = nlls
+        if self.draws is not None:
+            self.drawn[indices] = conditions
         self.rejected += len(names) - int(np.count_nonzero(accepted))
         self.live -= len(names)
         start = self.frontier
@@ -158,10 +170,15 @@ class GenerationRequest:
     def complete(self) -> bool:
         return self.accepted >= self.params.n or self.frontier >= self.max_attempts
 
-    def result(self, version: str) -> GenerationResult:
-        """The first n accepted samples in index order, and their NLLs."""
+    def result(self, version: str, conditions: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> GenerationResult:
+        """The first n accepted samples in index order, their NLLs, and with draws the conditions they were
+        drawn under (conditions: the model's names and values, to spell them)."""
         first = np.flatnonzero(self.sample_status[: self.frontier] == ACCEPTED)[: self.params.n]
         if len(first) and first[-1] == len(first) - 1:  # nothing rejected before the last: a slice, no gather
             first = slice(0, len(first))
         names, nlls = self.names[first].tolist(), self.nlls[first].tolist()
-        return GenerationResult(names, nlls, version, exhausted=len(names) < self.params.n)
+        drawn = None
+        if self.draws is not None:
+            drawn = [{name: values[i - 1] for (name, values), i in zip(conditions, row)}
+                     for row in self.drawn[first].tolist()]
+        return GenerationResult(names, nlls, version, exhausted=len(names) < self.params.n, conditions=drawn)

@@ -116,11 +116,12 @@ class ModelRunner:
 
     def _guided_chars(self, batch: Batch, guided: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """next_chars with classifier-free guidance: a row of scale w draws from logits(c) + w * (logits(c) -
-        logits(any)), c its conditions, which favours what sets c apart. Its log-probability stays the model's
-        under c, as with temperature. Unguided rows draw from logits(c), as next_chars does (bit for bit: the
-        table's draws are checked equal to draws from computed logits)."""
+        logits(c')), c its conditions and c' the same with those its request named as "any" (conditions it left
+        out were drawn, and stay), which favours what sets the named ones apart. Its log-probability stays the
+        model's under c, as with temperature. Unguided rows draw from logits(c), as next_chars does (bit for
+        bit: the table's draws are checked equal to draws from computed logits)."""
         unconditioned = batch.context[guided].copy()
-        unconditioned[:, self.block_size:] = 0
+        unconditioned[:, self.block_size:] *= batch.named[guided] == 0
         logits = self.logits(np.concatenate([batch.context, unconditioned]))  # one forward (or lookup) for both
         conditioned, negative = logits[:batch.rows], logits[batch.rows:]
         steered = conditioned.copy()

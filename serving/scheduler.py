@@ -18,7 +18,9 @@ from typing import Callable
 import numpy as np
 
 from .request import GenerationRequest, RequestStatus
-from .sampler import sample_keys
+from .sampler import sample_keys, uniforms
+
+CONDITION_DRAW = 2**40  # the stream position of a row's condition draw: characters use 0 .. max_length
 
 
 class QueueFull(Exception):
@@ -49,6 +51,7 @@ class RowState:
         self.request = np.zeros(capacity, dtype=np.int64)  # the id of the row's request
         self.temperature = np.zeros(capacity, dtype=np.float64)
         self.guidance = np.zeros(capacity, dtype=np.float32)  # the logits' dtype: guided logits are float32 math
+        self.named = np.zeros((capacity, conditions), dtype=np.int64)  # the request's own indices (0: drawn)
         self.top_k = np.zeros(capacity, dtype=np.int64)
         self.prefix_length = np.zeros(capacity, dtype=np.int64)
         self.min_length = np.zeros(capacity, dtype=np.int64)
@@ -84,6 +87,7 @@ class Batch:
     temperature: np.ndarray
     top_k: np.ndarray
     guidance: np.ndarray  # float32: classifier-free guidance scale, 0 for unguided rows
+    named: np.ndarray  # int64 [rows, conditions]: the conditions the request named (0: left out, drawn)
     end_allowed: np.ndarray  # bool: min_length reached
     forced: np.ndarray  # int64: the prefix character at this position, or -1 to draw
 
@@ -102,6 +106,7 @@ class FinishedRows:
     length: np.ndarray
     nll: np.ndarray
     ended: np.ndarray  # bool: ended with the end token (False: hit max_length, rejected)
+    conditions: np.ndarray  # int64 [rows, conditions]: the condition indices each was sampled under
 
 
 class Scheduler:
@@ -258,13 +263,26 @@ class Scheduler:
             start += count
         rows.context[lo:hi] = 0
         if rows.conditions:
-            rows.context[lo:hi, rows.block_size:] = np.repeat(np.array([r.condition for r in requests], dtype=np.int64),
-                                                              counts, axis=0)
+            rows.named[lo:hi] = np.repeat(np.array([r.condition for r in requests], dtype=np.int64), counts, axis=0)
+            rows.context[lo:hi, rows.block_size:] = rows.named[lo:hi]
+            self._draw_conditions(requests, counts, lo)
         for column, value in rows.attached:
             column[lo:hi] = value
         rows.length[lo:hi] = 0
         rows.nll[lo:hi] = 0.0
         rows.active = hi
+
+    def _draw_conditions(self, requests: list[GenerationRequest], counts: np.ndarray, lo: int) -> None:
+        """Rows of requests that left conditions out draw them from the prior, each from its own stream: a row
+        samples the model's exact marginal, and its draw never depends on the batch."""
+        rows, start = self.rows, lo
+        for request, count in zip(requests, counts.tolist()):
+            if request.draws is not None:
+                combos, cdf = request.draws
+                u = uniforms(rows.key[start:start + count], np.full(count, CONDITION_DRAW, dtype=np.int64))
+                pick = np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1)
+                rows.context[start:start + count, rows.block_size:] = combos[pick]
+            start += count
 
     def _batch(self) -> Batch:
         rows, n = self.rows, self.rows.active
@@ -274,7 +292,7 @@ class Scheduler:
         if prefixed.any():
             forced[prefixed] = rows.tokens[np.flatnonzero(prefixed), length[prefixed]]
         return Batch(rows.context[:n], rows.key[:n], length, rows.temperature[:n], rows.top_k[:n], rows.guidance[:n],
-                     length >= rows.min_length[:n], forced)
+                     rows.named[:n], length >= rows.min_length[:n], forced)
 
     def update_from_output(self, token: np.ndarray, logp: np.ndarray) -> FinishedRows | None:
         """Append each row's character; rows that ended (end token or max_length), and rows of requests that
@@ -322,7 +340,8 @@ class Scheduler:
         groups = [(self.running[i], lo, hi) for i, lo, hi in zip(ids[[0, *cuts]].tolist(), [0, *cuts], [*cuts, len(ids)])]
         length = rows.length[finished_rows]
         return FinishedRows(groups, rows.sample_index[finished_rows], rows.tokens[finished_rows, : int(length.max()) + 1],
-                            length, rows.nll[finished_rows], ended[finished_rows])
+                            length, rows.nll[finished_rows], ended[finished_rows],
+                            rows.context[finished_rows, rows.block_size:])
 
     def settle(self, requests: list[GenerationRequest]) -> None:
         """After the output processor recorded these requests' samples: done ones leave the table once their

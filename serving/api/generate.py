@@ -45,8 +45,11 @@ async def generate_names(body: GenerateRequest, manager: ModelManager, settings:
     metrics.names_generated.labels(model_name).inc(len(result.names))
     # Plain dicts: a pydantic object per name costs more than the sampling for large n. The shape is
     # GenerateResponse's (the OpenAPI page documents it; tests check the contract).
-    return FastJSONResponse({"model": model_name, "version": result.version, "seed": seed,
-                             "names": [{"name": name, "nll": nll} for name, nll in zip(result.names, result.nlls)],
+    names = [{"name": name, "nll": nll} for name, nll in zip(result.names, result.nlls)]
+    if result.conditions is not None:  # conditions left out were drawn per name: say which
+        for entry, conditions in zip(names, result.conditions):
+            entry["conditions"] = conditions
+    return FastJSONResponse({"model": model_name, "version": result.version, "seed": seed, "names": names,
                              "exhausted": result.exhausted})
 
 

@@ -66,7 +66,11 @@ class GenerateRequest(ConditionFields):
 
 class GeneratedName(BaseModel):
     name: str
-    nll: float = Field(description="negative log-likelihood in nats, characters and end token")
+    nll: float = Field(description="negative log-likelihood in nats, characters and end token (a conditional "
+                                   "model's: under `conditions`)")
+    conditions: dict[str, str] | None = Field(
+        None, description="a conditional model's request that left conditions out: each drawn from the training "
+                          "prior given the others (the model's exact marginal); every condition's value here")
 
 
 class GenerateResponse(BaseModel):

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..conditions import explain as explain_conditions
+from ..conditions import marginal_token_logp
 from ..model import LoadedModel
 from .body import read_body
 from .deps import ManagerDep
@@ -18,10 +19,14 @@ router = APIRouter(tags=["names"])
 
 def score_names(model: LoadedModel, names: list[str], conditions: tuple = (), explain: bool = False) -> list[dict]:
     """Each name's NLL, per-character NLL and perplexity, and every character's probability (one forward);
-    under the given (condition, value) pairs; with explain, each name's posterior over the conditions."""
+    under the given (condition, value) pairs, and a conditional model's other conditions marginalised exactly
+    (a forward per combination of their values); with explain, each name's posterior over the conditions."""
     condition = model.condition_indices(conditions)
     posteriors = explain_conditions(model, names, condition) if explain else None
-    logp, targets, lengths = model.token_logp(names, condition)
+    if 0 in condition:
+        logp, targets, lengths = marginal_token_logp(model, names, condition)
+    else:
+        logp, targets, lengths = model.token_logp(names, condition)
     results, start = [], 0
     for name, count in zip(names, lengths.tolist()):
         char_logp = logp[start:start + count]
