@@ -278,7 +278,8 @@ def main() -> None:
     engine.stop()
     lines += explain_figures(model, figures["data"], sexes)
     model.close()
-    sizes = ", ".join(f"{key} {value}" for key, value in (("n_embd", args.n_embd), ("n_hidden", args.n_hidden)) if value)
+    sizes = ", ".join(f"{key} {value}" for key, value in (("n_embd", args.n_embd), ("n_hidden", args.n_hidden))
+                      if value)
     print(machine_line("conditional"))
     print(f"SSA {args.years}: {figures['records']:,} records (name, sex, decade), split {figures['split']}; "
           f"two {args.model}s ({sizes or 'CLI defaults'}, {args.steps} steps; condition dropout "

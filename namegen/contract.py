@@ -234,7 +234,8 @@ def validate_manifest(data, where: str) -> Manifest:
 
 CONDITION_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MAX_CONDITIONS, MAX_CONDITION_VALUES = 8, 1000
-# Classifier-free guidance: a guided row samples from logits(c) + w * (logits(c) - logits(any)).
+# Classifier-free guidance: a guided row samples from logits(c) + w * (logits(c) - logits(c without the
+# conditions its request named)); serving/runner.py.
 MAX_GUIDANCE = 20.0
 DEFAULT_GUIDANCE = 2.0  # what export writes into a conditional model's manifest, and `training sample` uses
 

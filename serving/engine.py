@@ -85,7 +85,8 @@ class Engine:
         try:
             self.scheduler.check_room(params.n)  # refusing costs no allocation; add() checks again, locked
             request = GenerationRequest(next(self._ids), params, prefix_tokens, params.n * self.attempts_per_name,
-                                        on_done, condition=condition, guidance=guidance, draws=self._draws_for(condition))
+                                        on_done, condition=condition, guidance=guidance,
+                                        draws=self._draws_for(condition))
             self.scheduler.add(request)
         except (QueueFull, EngineStopped) as e:
             raise type(e)(f"{self.model.name}/{self.model.version}: {e}") from None

@@ -26,7 +26,7 @@ class SamplingParams:
     max_length: int = 32
     unique: bool = False
     exclude_training: bool = False
-    conditions: tuple[tuple[str, str], ...] = ()  # (condition, value) pairs for a conditional model; others "any"
+    conditions: tuple[tuple[str, str], ...] = ()  # (condition, value) pairs for a conditional model; others drawn
     guidance: float | None = None  # classifier-free guidance scale for named conditions; None: the model's default
 
 
@@ -84,7 +84,7 @@ class GenerationRequest:
     submitted_at: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set by the caller's thread; the scheduler aborts the request at its next step
     condition: tuple[int, ...] = ()  # a conditional model's index per condition (0: any), every row alike
-    guidance: float = 0.0  # the scale its rows are guided by (0: none; always 0 when every condition is any)
+    guidance: float = 0.0  # the scale its rows are guided by (0: none; always 0 when it names no condition)
     # Conditions left out are drawn per sample from the training prior, the model's exact marginal:
     # (combinations int64 [C, k] holding the given ones, their cumulative probabilities [C]); None: none left out.
     draws: tuple[np.ndarray, np.ndarray] | None = None
