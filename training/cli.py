@@ -274,8 +274,11 @@ def cmd_sample(args) -> None:
     if args.seed is None:
         print(f"seed {seed}", file=sys.stderr)
     condition = condition_indices(checkpoint.meta, {"sex": args.sex, "decade": args.decade})
+    lookup = [{v: i + 1 for i, v in enumerate(c["values"])} for c in checkpoint.meta.get("conditions", [])]
+    prior = [([known[v] for v, known in zip(entry["values"], lookup)], entry["p"])
+             for entry in checkpoint.meta.get("condition_prior", [])]
     for name in sample_names(checkpoint.model, checkpoint.vocab, args.n, seed, condition=condition,
-                             guidance=args.guidance):
+                             guidance=args.guidance, prior=prior):
         print(name)
 
 

@@ -10,23 +10,31 @@ from .data import Vocab
 
 @torch.no_grad()
 def sample_names(model, vocab: Vocab, n: int, seed: int, max_length: int = MAX_NAME_LENGTH,
-                 condition: list[int] | None = None, guidance: float = 0.0) -> list[str]:
-    """condition: a conditional model's index per condition (0: any), the same for every name; guidance w:
-    draw from logits(condition) + w * (logits(condition) - logits(any)), as serving does."""
+                 condition: list[int] | None = None, guidance: float = 0.0,
+                 prior: list[tuple[list[int], float]] | None = None) -> list[str]:
+    """condition: a conditional model's index per condition (0: left out), the same for every name. As
+    serving does: each name draws the conditions left out from `prior` ((indices, p) per combination of values
+    seen in training), the model's exact marginal (without a prior: the learned "any"); guidance w draws from
+    logits(c) + w * (logits(c) - logits(c with the named conditions "any"))."""
     model.eval()
-
-    def conditioned(context: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        return model(torch.cat([context, torch.tensor([indices]).expand(len(context), -1)], dim=1))
+    generator = torch.Generator().manual_seed(seed)
+    if condition is not None:
+        named = torch.tensor([condition]).expand(n, -1)
+        rows = named.clone()
+        combos = [(c, p) for c, p in prior or [] if all(f in (0, v) for f, v in zip(condition, c))]
+        if 0 in condition and combos:
+            pick = torch.multinomial(torch.tensor([p for _, p in combos]), n, replacement=True, generator=generator)
+            rows = torch.tensor([c for c, _ in combos])[pick]
+        unnamed = rows * (named == 0)  # the named conditions as "any": what guidance steers away from
 
     def forward(context: torch.Tensor) -> torch.Tensor:
         if condition is None:
             return model(context)
-        logits = conditioned(context, condition)
+        logits = model(torch.cat([context, rows], dim=1))
         if guidance and any(condition):
-            logits = logits + guidance * (logits - conditioned(context, [0] * len(condition)))
+            logits = logits + guidance * (logits - model(torch.cat([context, unnamed], dim=1)))
         return logits
 
-    generator = torch.Generator().manual_seed(seed)
     block_size = model.cfg.block_size
     context = torch.zeros(n, block_size, dtype=torch.long)  # [n, T], all boundary
     out = torch.zeros(n, max_length, dtype=torch.long)
