@@ -1,17 +1,20 @@
 """Conditional models on the SSA records: what conditioning on sex and decade buys, and what it costs.
 
     .venv/bin/python bench/conditional.py [--model mlp] [--steps 30000] [--years 1880-2017] [--runs 3]
+        [--n-embd E] [--n-hidden H] [--condition-dropout 0.2] [--condition-dropout-all 0] [--guidance 0,2]
+        [--temperatures 1,0.5]
 
-Trains two models of the type --model (the mlp or the wavenet) with the CLI defaults on the same records (one
+Trains two models of the type --model (the mlp or the wavenet; CLI defaults but for the sizes given) on the same records (one
 per distinct name, sex and decade of the years) and the same split: one with `--condition sex,decade`, one
 without. Then, through the exported models and the serving engine:
-  - val NLL: conditional (true conditions), conditional with both conditions "any", unconditional;
-  - of 2,000 seeded names for sex F and 2,000 for M, the real SSA names among them, and how many of
-    those were mostly given to the asked sex;
-  - names generated for the 1920s and for the 2010s, and how often each lands in the SSA top 1,000
-    (per sex, of the decade's summed counts) of either decade;
-  - score explain on the test records: the sex of those whose name went to one sex only in that decade,
-    of all of them, and the decade within one decade;
+  - val NLL: conditional (true conditions), unconditional, and with both conditions left out: the exact
+    marginal over the training prior (what serving answers) and the learned "any" index;
+  - at each --guidance scale: of 2,000 seeded names for sex F and 2,000 for M, the real SSA names among
+    them, and how many of those were mostly given to the asked sex; names generated for the 1920s and for
+    the 2010s (at each --temperatures), and how often each lands in the SSA top 1,000 (per sex, of the
+    decade's summed counts) of either decade, beside the same rates for the records themselves;
+  - score explain on the test records: the sex of those whose name went to one sex only in that decade
+    (with nothing given, and with the record's decade given), of all of them, and the decade within one;
   - engine throughput (names/s) of the conditional model, any and mixed conditions, against the
     unconditional one, interleaved rounds, medians.
 """
@@ -284,10 +287,10 @@ def main() -> None:
     print(f"SSA {args.years}: {figures['records']:,} records (name, sex, decade), split {figures['split']}; "
           f"two {args.model}s ({sizes or 'CLI defaults'}, {args.steps} steps; condition dropout "
           f"{args.condition_dropout:g} each, {args.condition_dropout_all:g} all at once), same records and split")
-    print(f"  val NLL: conditional {figures['conditional']:.4f}, conditional with sex and decade 'any' "
-          f"{figures['any']:.4f}, unconditional {figures['unconditional']:.4f} "
-          f"(any - unconditional {figures['any'] - figures['unconditional']:+.4f}); the exact marginal "
-          f"sum_c p(c) p(name | c) {figures['mixture']:.4f} ({figures['mixture'] - figures['unconditional']:+.4f})")
+    print(f"  val NLL: conditional {figures['conditional']:.4f}, unconditional {figures['unconditional']:.4f}; "
+          f"with sex and decade left out, as served (the exact marginal, sum_c p(c) p(name | c)) "
+          f"{figures['mixture']:.4f} ({figures['mixture'] - figures['unconditional']:+.4f}), with the learned "
+          f"'any' index {figures['any']:.4f} ({figures['any'] - figures['unconditional']:+.4f})")
     print("  val NLL per value: " + ", ".join(f"{k} {v:.3f}" for k, v in figures["by_condition"].items() if k != "any"))
     print("\n".join(lines))
     print(f"engine (in process, max_batch_rows 4096, 2 threads), medians of {args.runs} interleaved rounds, "
