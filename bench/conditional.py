@@ -5,8 +5,8 @@
         [--temperatures 1,0.5]
 
 Trains two models of the type --model (the mlp or the wavenet; CLI defaults but for the sizes given) on the
-same records (one per distinct name, sex and decade of the years) and the same split: one with `--condition sex,decade`, one
-without. Then, through the exported models and the serving engine:
+same records (one per distinct name, sex and decade of the years) and the same split: one with
+`--condition sex,decade`, one without. Then, through the exported models and the serving engine:
   - val NLL: conditional (true conditions), unconditional, and with both conditions left out: the exact
     marginal over the training prior (what serving answers) and the learned "any" index;
   - at each --guidance scale: of 2,000 seeded names for sex F and 2,000 for M, the real SSA names among
