@@ -31,7 +31,7 @@ def export_parser() -> argparse.ArgumentParser:
                    help="recompute BatchNorm statistics over the whole training split first")
     p.add_argument("--keep", type=number(int, above=0), help="then delete all but the K newest versions (never LATEST)")
     p.add_argument("--guidance", type=number(float, at_least=0, at_most=20),
-                   help="a conditional model's default guidance scale, 0 (off) to 20 (default 2)")
+                   help="a conditional model's default guidance scale, 0 (off) to 20 (default 3)")
     return p
 
 

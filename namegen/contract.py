@@ -237,7 +237,7 @@ MAX_CONDITIONS, MAX_CONDITION_VALUES = 8, 1000
 # Classifier-free guidance: a guided row samples from logits(c) + w * (logits(c) - logits(c without the
 # conditions its request named)); serving/runner.py.
 MAX_GUIDANCE = 20.0
-DEFAULT_GUIDANCE = 2.0  # what export writes into a conditional model's manifest, and `training sample` uses
+DEFAULT_GUIDANCE = 3.0  # what export writes into a conditional model's manifest, and `training sample` uses
 
 
 def validate_conditions(conditions, prior, fail) -> tuple[tuple, tuple]:

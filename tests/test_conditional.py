@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from conftest import interrupt_training, run_module
-from namegen.contract import ONNX_FILE, read_latest, read_manifest
+from namegen.contract import DEFAULT_GUIDANCE, ONNX_FILE, read_latest, read_manifest
 from training.conditions import Conditions, load_dataset, parse_records
 from training.data import DataError, Dataset
 
@@ -107,7 +107,7 @@ def test_conditional_export_has_a_condition_input_and_the_conditions_in_its_meta
 def test_export_writes_the_default_guidance_of_conditional_models_only(conditional_registry, trained_checkpoints,
                                                                        conditional_checkpoint, tmp_path):
     conditional = conditional_registry / "mlp-conditional" / read_latest(conditional_registry, "mlp-conditional")
-    assert read_manifest(conditional).guidance == 2.0
+    assert read_manifest(conditional).guidance == DEFAULT_GUIDANCE
     for checkpoint, value, words in [(trained_checkpoints["mlp"], "1", "trained without conditions"),
                                      (conditional_checkpoint, "21", "must be <= 20")]:
         refused = run_module("export", checkpoint, "--registry", tmp_path, "--guidance", value)
@@ -205,9 +205,10 @@ def test_guidance_leans_names_to_the_asked_sex_and_is_a_422_where_it_cannot_appl
     plain, guided = [ending_in_a("F", g) - ending_in_a("M", g) for g in (0, 4)]
     assert 0 < plain < guided, (plain, guided)
     models = {m["name"]: m for m in httpx.get(conditional_server + "/v1/models").json()["models"]}
-    assert models["mlp-conditional"]["guidance"] == 2.0 and models["mlp"]["guidance"] == 0.0  # the export default
+    assert models["mlp-conditional"]["guidance"] == DEFAULT_GUIDANCE  # what export writes by default
+    assert models["mlp"]["guidance"] == 0.0
     default = httpx.post(url, json={"n": 30, "seed": 2, "sex": "F"}).json()["names"]
-    assert default == httpx.post(url, json={"n": 30, "seed": 2, "sex": "F", "guidance": 2.0}).json()["names"]
+    assert default == httpx.post(url, json={"n": 30, "seed": 2, "sex": "F", "guidance": DEFAULT_GUIDANCE}).json()["names"]
     assert default != httpx.post(url, json={"n": 30, "seed": 2, "sex": "F", "guidance": 0}).json()["names"]
     # Nothing named, nothing to guide: the same names at any scale.
     assert httpx.post(url, json={"n": 30, "seed": 2}).json() == httpx.post(url, json={"n": 30, "seed": 2,
@@ -280,7 +281,7 @@ def test_sdk_and_cli_take_sex_decade_and_explain(conditional_server):
     with NameGenClient(conditional_server) as client:
         assert client.generate(5, seed=7, sex="F", guidance=0).raw == \
             httpx.post(conditional_server + "/v1/generate", json={"n": 5, "seed": 7, "sex": "F", "guidance": 0}).json()
-        assert {m.name: m.guidance for m in client.models().models}["mlp-conditional"] == 2.0
+        assert {m.name: m.guidance for m in client.models().models}["mlp-conditional"] == DEFAULT_GUIDANCE
     unguided = run_module("clients", "generate", "--sex", "F", "--guidance", "0", "-n", "5", "--seed", "7", "--json",
                           "--url", conditional_server, timeout=60)
     assert unguided.returncode == 0 and json.loads(unguided.stdout) == client_raw_unguided(conditional_server), \

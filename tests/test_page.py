@@ -379,7 +379,7 @@ def test_guidance_in_the_url_gives_the_apis_names_shows_the_default_and_is_off_w
     tab.open("/?model=mlp-conditional&n=6&seed=11&sex=F&guidance=0")
     assert shown_when_done(tab, 6) == expected and tab.query()["guidance"] == "0"
     guidance = tab.page.locator("#guidance")
-    assert guidance.get_attribute("placeholder") == f"{listed['mlp-conditional']['guidance']:g}"  # "2"
+    assert guidance.get_attribute("placeholder") == f"{listed['mlp-conditional']['guidance']:g}"  # "3"
     assert guidance.is_enabled() and guidance.input_value() == "0"
     tab.page.select_option("#model", "mlp")  # no conditions: nothing to guide, and nothing sent
     assert guidance.is_disabled() and guidance.input_value() == ""

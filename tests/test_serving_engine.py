@@ -117,7 +117,7 @@ def test_seeded_requests_with_mixed_conditions_are_identical_alone_or_batched(co
     alone = [named(reference.generate(p)) for p in CONDITIONED]
     reference.stop()
     assert alone[0] != alone[1] != alone[2]  # same seed, other conditions, other names
-    assert alone[0] != alone[5] != alone[6]  # the model's default guidance (2), none, and 6.5 differ
+    assert alone[0] != alone[5] != alone[6]  # the model's default guidance (3), none, and 6.5 differ
     # The NLL stays the model's under the conditions, guided or not: the same name scores the same.
     scored = {name: nll for name, nll in alone[5]}
     assert all(abs(scored[name] - nll) < 1e-9 for name, nll in alone[0] + alone[6] if name in scored)
