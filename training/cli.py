@@ -11,8 +11,8 @@ from namegen.argparsing import OneLineParser, UsageError, number
 from namegen.contract import DEFAULT_GUIDANCE, MAX_GUIDANCE
 
 from .checkpoint import META_FILE, CheckpointError, load_checkpoint, read_meta
-from .conditions import (condition_indices, dataset_from_lines, load_dataset, parse_condition_list, parse_years,
-                         val_nll_by_condition)
+from .conditions import (condition_indices, condition_prior, dataset_from_lines, load_dataset, parse_condition_list,
+                         parse_years, val_nll_by_condition)
 from .data import DEFAULT_YEAR, DataError, Dataset, load_words, read_text_file
 from .models import MODEL_DEFAULTS, MODEL_TYPES, ModelConfig, build_model
 from .train import TRAIN_DEFAULTS, Interrupted, TrainConfig, train
@@ -274,9 +274,7 @@ def cmd_sample(args) -> None:
     if args.seed is None:
         print(f"seed {seed}", file=sys.stderr)
     condition = condition_indices(checkpoint.meta, {"sex": args.sex, "decade": args.decade})
-    lookup = [{v: i + 1 for i, v in enumerate(c["values"])} for c in checkpoint.meta.get("conditions", [])]
-    prior = [([known[v] for v, known in zip(entry["values"], lookup)], entry["p"])
-             for entry in checkpoint.meta.get("condition_prior", [])]
+    prior = condition_prior(checkpoint.meta)
     for name in sample_names(checkpoint.model, checkpoint.vocab, args.n, seed, condition=condition,
                              guidance=args.guidance, prior=prior):
         print(name)

@@ -238,6 +238,15 @@ def dataset_from_lines(lines: list[str], source: str, vocab: Vocab, meta: dict) 
     return ConditionalDataset.from_records(words, labels, source, conditions.names, conditions, vocab)
 
 
+def condition_prior(meta: dict) -> list[tuple[list[int], float]]:
+    """A checkpoint's condition_prior as (index per condition, p) per combination of values seen in training."""
+    entries = meta.get("condition_prior", [])
+    if not entries:
+        return []
+    combos = Conditions.from_json(meta["conditions"]).indices([tuple(e["values"]) for e in entries], "checkpoint.json")
+    return [(combo, e["p"]) for combo, e in zip(combos.tolist(), entries)]
+
+
 def condition_indices(meta: dict, requested: dict[str, str | None]) -> list[int] | None:
     """Indices for sampling from a checkpoint: the requested values, "any" for the others; None for an
     unconditional model asked for nothing. DataError naming the option for what the model cannot take."""
@@ -265,12 +274,11 @@ def marginal_val_nll(model, dataset: ConditionalDataset, block_size: int, prior:
     X, Y = dataset.contexts("val", block_size)
     lengths = torch.tensor([len(w) + 1 for w in dataset.split.val])
     word_of_row = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    lookup = [{v: i + 1 for i, v in enumerate(values)} for values in dataset.conditions.values]
+    combos = dataset.conditions.indices([tuple(entry["values"]) for entry in prior], dataset.source)
     joint = []  # [combinations, val words]: log p(c) + log p(word | c)
     model.eval()
     with torch.no_grad():
-        for entry in prior:
-            combo = torch.tensor([known[v] for v, known in zip(entry["values"], lookup)])
+        for combo, entry in zip(combos, prior):
             rows = X.clone()
             rows[:, block_size:] = combo
             logp = torch.cat([-F.cross_entropy(model(rows[i:i + 65536]).double(), Y[i:i + 65536], reduction="none")
