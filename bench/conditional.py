@@ -261,8 +261,11 @@ def main() -> None:
     p.add_argument("--guidance", default="0,2", help="guidance scales to generate the sex and decade figures with")
     p.add_argument("--temperatures", default="1,0.5", help="temperatures to generate the decade figures at")
     args = p.parse_args()
-    scales = [float(g) for g in args.guidance.split(",")]
-    temperatures = [float(t) for t in args.temperatures.split(",")]
+    try:
+        scales = [float(g) for g in args.guidance.split(",")]
+        temperatures = [float(t) for t in args.temperatures.split(",")]
+    except ValueError:
+        p.error(f"--guidance {args.guidance!r} and --temperatures {args.temperatures!r}: numbers separated by commas")
     paths = train_pair(args.model, args.steps, args.years, {"n_embd": args.n_embd, "n_hidden": args.n_hidden},
                        (args.condition_dropout, args.condition_dropout_all))
     first, last = map(int, args.years.split("-"))
