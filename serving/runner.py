@@ -93,9 +93,8 @@ class ModelRunner:
     def next_chars(self, batch: Batch, caches=None) -> tuple[np.ndarray, np.ndarray]:
         """(character int64 [rows], its log-probability under the untempered model float64 [rows]). With
         caches (step_caches'), rows [0, batch.rows) of them are the batch's rows and steps update them."""
-        guided = np.flatnonzero(batch.guidance)  # only conditional models' rows, which have no step caches
-        if guided.size:
-            return self._guided_chars(batch, guided)
+        if batch.guidance.any():  # only conditional models' rows, which have no step caches
+            return self._guided_chars(batch, np.flatnonzero(batch.guidance))
         if self.table is not None:  # a few gathers, on this thread
             return self.table.sample(self.context_index(batch.context), uniforms(batch.keys, batch.position),
                                      batch.temperature, batch.top_k, batch.end_allowed, batch.forced)

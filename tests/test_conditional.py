@@ -278,18 +278,13 @@ def test_sdk_and_cli_take_sex_decade_and_explain(conditional_server):
     assert table.returncode == 0 and explained.most_likely["decade"] in table.stdout, table.stderr
     refused = run_module("clients", "generate", "--decade", "1955", "--url", conditional_server, timeout=60)
     assert refused.returncode == 2 and "1920, 2010" in refused.stderr
+    direct = httpx.post(conditional_server + "/v1/generate", json={"n": 5, "seed": 7, "sex": "F", "guidance": 0}).json()
     with NameGenClient(conditional_server) as client:
-        assert client.generate(5, seed=7, sex="F", guidance=0).raw == \
-            httpx.post(conditional_server + "/v1/generate", json={"n": 5, "seed": 7, "sex": "F", "guidance": 0}).json()
+        assert client.generate(5, seed=7, sex="F", guidance=0).raw == direct
         assert {m.name: m.guidance for m in client.models().models}["mlp-conditional"] == DEFAULT_GUIDANCE
     unguided = run_module("clients", "generate", "--sex", "F", "--guidance", "0", "-n", "5", "--seed", "7", "--json",
                           "--url", conditional_server, timeout=60)
-    assert unguided.returncode == 0 and json.loads(unguided.stdout) == client_raw_unguided(conditional_server), \
-        unguided.stderr
-
-
-def client_raw_unguided(url):
-    return httpx.post(url + "/v1/generate", json={"n": 5, "seed": 7, "sex": "F", "guidance": 0}).json()
+    assert unguided.returncode == 0 and json.loads(unguided.stdout) == direct, unguided.stderr
 
 
 def test_an_interrupted_conditional_run_resumes_bit_identical(tmp_path, records_file):
