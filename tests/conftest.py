@@ -21,10 +21,10 @@ def run_module(module: str, *args, timeout: float = 300, env: dict | None = None
                           text=True, timeout=timeout, env={**os.environ, **(env or {})}, **kw)
 
 
-def interrupt_training(args, out: Path, timeout: float = 120) -> str:
-    """`python -m training train ARGS --out OUT` stopped with Ctrl-C once its first checkpoint is written;
+def interrupt_training(args, out: Path, timeout: float = 120, command: str = "train") -> str:
+    """`python -m training COMMAND ARGS --out OUT` stopped with Ctrl-C once its first checkpoint is written;
     checks it exits 130 and returns its stderr."""
-    proc = subprocess.Popen([sys.executable, "-m", "training", "train", *map(str, args), "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "training", command, *map(str, args), "--out", str(out)],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     while not (out / "checkpoint.json").exists() and time.monotonic() < deadline:

@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
 
     _add_distill_parser(sub)
+    _add_finetune_parser(sub)
 
     e = sub.add_parser("eval", help="print train, val and test NLL of a checkpoint")
     e.add_argument("checkpoint", type=Path)
@@ -115,6 +116,27 @@ def _add_distill_parser(sub) -> None:
                          ("--n-hidden-first", number(int, above=0)),
                          ("--dropout", number(float, at_least=0, below=1))):
         t.add_argument(option, type=kind)
+    t.add_argument("--no-plots", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_finetune_parser(sub) -> None:
+    t = sub.add_parser("finetune", help="train a checkpoint further at a lower learning rate, optionally with "
+                                        "explain's loss (training/finetune.py)")
+    t.add_argument("checkpoint", type=Path, help="checkpoint folder to start from: its model, records and split")
+    t.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
+    t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    t.add_argument("--resume", action="store_true", help="continue the interrupted fine-tuning in --out")
+    t.add_argument("--explain", help="a condition of the model (e.g. sex): also train explain's posterior over it")
+    t.add_argument("--explain-weight", type=number(float, above=0), default=0.5,
+                   help="weight of explain's loss (default 0.5)")
+    t.add_argument("--explain-names", type=number(int, above=0), default=32,
+                   help="training records per step in explain's loss (default 32)")
+    t.add_argument("--steps", type=number(int, above=0), help="default: a tenth of the checkpoint's")
+    t.add_argument("--lr", type=number(float, above=0), help="default: a tenth of the checkpoint's")
+    t.add_argument("--weight-decay", type=number(float, at_least=0), default=0.0, help="default 0")
+    t.add_argument("--batch-size", type=number(int, above=0), help="default: the checkpoint's")
+    t.add_argument("--seed", type=int)
     t.add_argument("--no-plots", action="store_true")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -240,12 +262,71 @@ def cmd_distill(args) -> None:
             if stale.is_file():
                 stale.unlink()
     meta = train(model_cfg, tc, dataset, args.out, progress=not args.quiet, objective=objective)
+    _report(args, meta, f"distilled from {args.teacher}")
+
+
+def _finetune_plan(args):
+    """(the checkpoint to start from, its dataset, TrainConfig, FinetuneConfig) of a fine-tuning run, new or
+    resumed; UsageError for what cannot be fine-tuned."""
+    from .finetune import FinetuneConfig
+
+    base = load_checkpoint(args.checkpoint)
+    saved = base.meta.get("training", {})
+    if base.meta["model_type"] == "ensemble" or saved.get("optimizer") in (None, "none"):
+        raise UsageError(f"{args.checkpoint}: a {base.meta['model_type']} has no training loop to continue"
+                         + (" (fine-tune its members, then ensemble them)" if base.meta["model_type"] == "ensemble"
+                            else ""))
+    dataset = base.dataset()
+    if args.resume:
+        meta = read_meta(args.out)
+        if "finetune" not in meta["training"] or meta["training"]["finetune"]["init_sha256"] != dataset.sha256:
+            raise UsageError(f"--out {args.out}: not a fine-tuning of {args.checkpoint}")
+        kept = {k: v for k, v in meta["training"].items() if k in {f.name for f in fields(TrainConfig)}}
+        return base, dataset, replace(TrainConfig(**kept), steps=args.steps or kept["steps"]), \
+            FinetuneConfig(**meta["training"]["finetune"])
+    names = tuple(c["name"] for c in base.meta.get("conditions", []))
+    if args.explain is not None and args.explain not in names:
+        raise UsageError(f"--explain {args.explain}: not a condition of the model (its conditions: "
+                         f"{', '.join(names) or 'none'})")
+    tc = replace(TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}}),
+                 steps=args.steps or max(1, saved["steps"] // 10), lr=args.lr or saved["lr"] / 10,
+                 weight_decay=args.weight_decay, batch_size=args.batch_size or saved["batch_size"],
+                 seed=saved["seed"] if args.seed is None else args.seed)
+    return base, dataset, tc, FinetuneConfig(str(args.checkpoint), dataset.sha256, args.explain,
+                                             args.explain_weight, args.explain_names)
+
+
+def cmd_finetune(args) -> None:
+    from .finetune import Finetune
+
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a folder")
+    if (args.out / META_FILE).exists() and not (args.overwrite or args.resume):
+        raise UsageError(f"--out {args.out}: already holds a checkpoint; use --resume or --overwrite")
+    base, dataset, tc, cfg = _finetune_plan(args)
+    objective = Finetune(dataset, base.block_size, cfg, base.meta.get("condition_prior", []))
+    if args.overwrite and not args.resume and args.out.is_dir():
+        for stale in args.out.iterdir():
+            if stale.is_file():
+                stale.unlink()
+    try:
+        meta = train(base.config, tc, dataset, args.out, resume=args.resume, progress=not args.quiet,
+                     objective=objective, init_state=None if args.resume else base.model.state_dict())
+    except Interrupted as stop:
+        print(f"interrupted at step {stop.step}; checkpoint saved in {args.out}; continue with: python -m training "
+              f"finetune {args.checkpoint} --out {args.out} --resume", file=sys.stderr)
+        sys.exit(130)
+    _report(args, meta, f"fine-tuned from {args.checkpoint}")
+
+
+def _report(args, meta: dict, what: str) -> None:
+    """The last line of a training command, and its plots."""
     m = meta["metrics"]
-    print(f"{args.out}: {meta['model_type']} distilled from {args.teacher}, {meta['parameters']} params, "
-          f"{meta['training']['wall_time_s']:.1f}s; train {m['train_nll']:.4f} val {m['val_nll']:.4f} "
-          f"test {m['test_nll']:.4f}")
+    print(f"{args.out}: {meta['model_type']} {what}, {meta['parameters']} params, "
+          f"{meta['training']['completed_steps']} steps, {meta['training']['wall_time_s']:.1f}s; "
+          f"train {m['train_nll']:.4f} val {m['val_nll']:.4f} test {m['test_nll']:.4f}")
     if not args.no_plots:
-        from .plots import write_plots
+        from .plots import write_plots  # matplotlib only when plotting
 
         write_plots(load_checkpoint(args.out))
 
@@ -301,8 +382,8 @@ def cmd_diagnose(args) -> None:
     print(json.dumps(report, indent=2) if args.json else format_report(report, args.checkpoint))
 
 
-COMMANDS = {"train": cmd_train, "ensemble": cmd_ensemble, "distill": cmd_distill, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot,
-            "diagnose": cmd_diagnose}
+COMMANDS = {"train": cmd_train, "ensemble": cmd_ensemble, "distill": cmd_distill, "finetune": cmd_finetune,
+            "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot, "diagnose": cmd_diagnose}
 
 
 def main(argv: list[str] | None = None) -> None:

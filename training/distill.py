@@ -49,6 +49,8 @@ def transfer_set(teacher: nn.Module, data: Dataset, block_size: int, names: int,
 class Distillation:
     """The objective train() uses instead of cross-entropy on the training split."""
 
+    kind = "distillation"
+
     def __init__(self, teacher: nn.Module, data: Dataset, block_size: int, cfg: DistillConfig, teacher_meta: dict):
         X, Y = data.contexts("train", block_size)
         if cfg.transfer_names:

@@ -87,11 +87,11 @@ def _model_and_data(model, data: Dataset) -> dict:
 
 def _meta(model, data: Dataset, tc: TrainConfig, step: int, wall_time: float, finished: bool,
           objective=None) -> dict:
-    distillation = {} if objective is None else {"distillation": objective.describe()}
+    described = {} if objective is None else {objective.kind: objective.describe()}
     return {
         **_model_and_data(model, data),
         "training": {**asdict(tc), "completed_steps": step, "finished": finished, "wall_time_s": round(wall_time, 3),
-                     **distillation},
+                     **described},
         "metrics": _metrics(model, data, model.cfg.block_size),
     }
 
@@ -152,13 +152,17 @@ def _restore(out_dir: Path, model, optimizer, generator: torch.Generator,
 
 
 def _train_step(model, optimizer, recorder: Recorder, tc: TrainConfig, xb, yb, step: int, lr: float,
-                objective=None, ix=None) -> torch.Tensor:
+                objective=None, ix=None, generator: torch.Generator | None = None) -> torch.Tensor:
     """One update at learning rate lr; the recorder's calls do nothing but on its recording steps."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+    # An objective's own forward (finetune's explain loss) runs before the recorder watches the rows' one.
+    extra = objective.extra_loss(model, generator) if hasattr(objective, "extra_loss") else None
     recorder.start(step, lr)
     logits = model(xb)
     loss = F.cross_entropy(logits, yb) if objective is None else objective.loss(logits, yb, ix)
+    if extra is not None:
+        loss = loss + extra
     if tc.l2:
         loss = loss + tc.l2 * model.regularisation()
     optimizer.zero_grad(set_to_none=True)
@@ -169,13 +173,21 @@ def _train_step(model, optimizer, recorder: Recorder, tc: TrainConfig, xb, yb, s
     return loss
 
 
+def _initial_model(model_cfg: ModelConfig, generator: torch.Generator, init_state: dict | None):
+    model = build_model(model_cfg, generator=generator)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    return model
+
+
 def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path, resume: bool = False,
-          progress: bool = True, objective=None) -> dict:
+          progress: bool = True, objective=None, init_state: dict | None = None) -> dict:
     """Train, write the checkpoint folder, return its metadata. Raises Interrupted on Ctrl-C. An objective
-    (distill.Distillation) brings its own training contexts, loss and metadata."""
+    (distill.Distillation, finetune.Finetune) brings its own training contexts, loss and metadata; init_state:
+    weights to start from instead of the seeded initialisation (fine-tuning)."""
     generator = torch.Generator().manual_seed(tc.seed)
     torch.manual_seed(tc.seed)
-    model = build_model(model_cfg, generator=generator)
+    model = _initial_model(model_cfg, generator, init_state)
     block_size = model.cfg.block_size
     Xtr, Ytr = data.contexts("train", block_size) if objective is None else objective.train_set
     Xval, Yval = data.contexts("val", block_size)
@@ -210,7 +222,7 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: Dataset, out_dir: Path,
                 xb, yb = Xtr[ix], Ytr[ix]
             else:
                 ix, xb, yb = None, Xtr, Ytr
-            loss = _train_step(model, optimizer, recorder, tc, xb, yb, step, lr, objective, ix)
+            loss = _train_step(model, optimizer, recorder, tc, xb, yb, step, lr, objective, ix, generator)
             step += 1
             if step % 100 == 0 or step in (1, tc.steps) or not tc.batch_size:
                 history["train"].append([step, round(loss.item(), 5)])
