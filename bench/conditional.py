@@ -2,17 +2,20 @@
 
     .venv/bin/python bench/conditional.py [--model mlp] [--steps 30000] [--years 1880-2017] [--runs 3]
         [--n-embd E] [--n-hidden H] [--condition-dropout 0.2] [--condition-dropout-all 0] [--guidance 0,2]
-        [--temperatures 1,0.5]
+        [--temperatures 1,0.5] [--finetune STEPS] [--explain-weight 1]
 
 Trains two models of the type --model (the mlp or the wavenet; CLI defaults but for the sizes given) on the
 same records (one per distinct name, sex and decade of the years) and the same split: one with
-`--condition sex,decade`, one without. Then, through the exported models and the serving engine:
+`--condition sex,decade`, one without; with --finetune, each then fine-tuned as many more steps, the
+conditional one with explain's loss on sex (training/finetune.py). Then, through the exported models and
+the serving engine:
   - val NLL: conditional (true conditions), unconditional, and with both conditions left out: the exact
     marginal over the training prior (what serving answers) and the learned "any" index;
   - at each --guidance scale: of 2,000 seeded names for sex F and 2,000 for M, the real SSA names among
     them, and how many of those were mostly given to the asked sex; names generated for the 1920s and for
     the 2010s (at each --temperatures), and how often each lands in the SSA top 1,000 (per sex, of the
-    decade's summed counts) of either decade, beside the same rates for the records themselves;
+    decade's summed counts) of either decade, beside the same rates for the records themselves and for the
+    babies (records weighted by births);
   - score explain on the test records: the sex of those whose name went to one sex only in that decade
     (with nothing given, and with the record's decade given), of all of them, and the decade within one;
   - engine throughput (names/s) of the conditional model, any and mixed conditions, against the
@@ -79,9 +82,31 @@ def train_pair(model: str, steps: int, years: str, sizes: dict, dropout: tuple[f
     return outs
 
 
+def finetune_pair(paths: dict, steps: int, explain_weight: float) -> dict[str, object]:
+    """Each of the pair fine-tuned `steps` more steps (python -m training finetune, its default learning rate),
+    the conditional one with explain's loss on sex; side by side, one core each; reused once finished."""
+    outs = {name: path.with_name(f"{path.name}-ft{steps}" + (f"-x{explain_weight:g}" if name == "conditional" else ""))
+            for name, path in paths.items()}
+    running = []
+    for name, out in outs.items():
+        meta = out / "checkpoint.json"
+        done = json.loads(meta.read_text())["training"] if meta.is_file() else None
+        if done and done["finished"] and done["steps"] == steps and \
+                done["finetune"]["init_sha256"] == json.loads((paths[name] / "checkpoint.json").read_text())["data"]["sha256"]:
+            print(f"reusing {out} (delete it to fine-tune again)", file=sys.stderr)
+            continue
+        explain = ["--explain", "sex", "--explain-weight", str(explain_weight)] if name == "conditional" else []
+        command = [sys.executable, "-m", "training", "finetune", str(paths[name]), *explain, "--steps", str(steps),
+                   "--out", str(out), "--overwrite", "--no-plots", "--quiet"]
+        running.append(subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    if any(p.wait() for p in running):
+        sys.exit("error: fine-tuning failed")
+    return outs
+
+
 def ssa_counts(first: int, last: int):
     """(name -> {sex: count}, decade -> its top names of each sex, (name, decade) -> sexes, decade -> its
-    records' names) over the years."""
+    records' (name, births)) over the years."""
     by_sex, top, sexes = defaultdict(lambda: defaultdict(int)), defaultdict(set), defaultdict(set)
     records = defaultdict(list)
     ranked = defaultdict(int)  # (decade, sex) -> names taken so far: records come by count, descending
@@ -89,7 +114,7 @@ def ssa_counts(first: int, last: int):
         name, decade, sex = row["name"], row["decade"], row["sex"]
         by_sex[name][sex] += row["n_sum"]
         sexes[name, str(decade)].add(sex)
-        records[decade].append(name)
+        records[decade].append((name, row["n_sum"]))
         if ranked[decade, sex] < TOP:
             top[decade].add(name)
             ranked[decade, sex] += 1
@@ -146,13 +171,20 @@ def decade_figures(engine: Engine, top, guidance: float, temperature: float) -> 
             f"{rates[2010, 2010]:.1%}, for 1920 {rates[1920, 2010]:.1%}"]
 
 
-def decade_ceiling(records: dict, top) -> str:
-    """The same rates for a model that samples its training records exactly: each decade's records."""
-    rates = {(asked, target): sum(n in top[target] for n in records[asked]) / len(records[asked])
-             for asked in (1920, 2010) for target in (1920, 2010)}
-    return (f"  the records themselves: in the top {TOP} of the 1920s, records of the 1920s {rates[1920, 1920]:.1%}, "
-            f"of the 2010s {rates[2010, 1920]:.1%}; of the 2010s, records of the 2010s {rates[2010, 2010]:.1%}, "
-            f"of the 1920s {rates[1920, 2010]:.1%}")
+def decade_ceiling(records: dict, top) -> list[str]:
+    """The same rates for a model that samples its training records exactly (each decade's records), and for
+    one that samples babies (records weighted by births): how far each target can go on these records."""
+    lines = []
+    for label, weight in (("the records themselves", lambda births: 1), ("the babies (records by births)", float)):
+        rates = {}
+        for asked in (1920, 2010):
+            total = sum(weight(births) for _, births in records[asked])
+            for target in (1920, 2010):
+                rates[asked, target] = sum(weight(b) for n, b in records[asked] if n in top[target]) / total
+        lines.append(f"  {label}: in the top {TOP} of the 1920s, those of the 1920s {rates[1920, 1920]:.1%}, "
+                     f"of the 2010s {rates[2010, 1920]:.1%}; of the 2010s, those of the 2010s {rates[2010, 2010]:.1%}, "
+                     f"of the 1920s {rates[1920, 2010]:.1%}")
+    return lines
 
 
 def explain_figures(model, data, sexes) -> list[str]:
@@ -260,6 +292,9 @@ def main() -> None:
     p.add_argument("--condition-dropout-all", type=float, default=0.0, help="the conditional model's, all at once")
     p.add_argument("--guidance", default="0,2", help="guidance scales to generate the sex and decade figures with")
     p.add_argument("--temperatures", default="1,0.5", help="temperatures to generate the decade figures at")
+    p.add_argument("--finetune", type=int, default=0, help="then fine-tune both this many steps, the conditional "
+                                                          "one with explain's loss (0: no fine-tuning)")
+    p.add_argument("--explain-weight", type=float, default=1.0, help="of explain's loss in --finetune")
     args = p.parse_args()
     try:
         scales = [float(g) for g in args.guidance.split(",")]
@@ -268,6 +303,10 @@ def main() -> None:
         p.error(f"--guidance {args.guidance!r} and --temperatures {args.temperatures!r}: numbers separated by commas")
     paths = train_pair(args.model, args.steps, args.years, {"n_embd": args.n_embd, "n_hidden": args.n_hidden},
                        (args.condition_dropout, args.condition_dropout_all))
+    base = {name: json.loads((path / "checkpoint.json").read_text())["metrics"]["val_nll"]
+            for name, path in paths.items()}
+    if args.finetune:
+        paths = finetune_pair(paths, args.finetune, args.explain_weight)
     first, last = map(int, args.years.split("-"))
     figures = nll_figures(paths)
     registry = served_registry(paths)
@@ -280,7 +319,7 @@ def main() -> None:
         lines += [f"  guidance {scale:g}{' (the export default)' if scale == model.manifest.guidance else ''}:"]
         lines += sex_figures(engine, by_sex, sexes, scale)
         lines += [line for t in temperatures for line in decade_figures(engine, top, scale, t)]
-    lines.append(decade_ceiling(records, top))
+    lines += decade_ceiling(records, top)
     engine.stop()
     lines += explain_figures(model, figures["data"], sexes)
     model.close()
@@ -290,6 +329,10 @@ def main() -> None:
     print(f"SSA {args.years}: {figures['records']:,} records (name, sex, decade), split {figures['split']}; "
           f"two {args.model}s ({sizes or 'CLI defaults'}, {args.steps} steps; condition dropout "
           f"{args.condition_dropout:g} each, {args.condition_dropout_all:g} all at once), same records and split")
+    if args.finetune:
+        print(f"  then each fine-tuned {args.finetune} steps (python -m training finetune), the conditional one with "
+              f"explain's loss on sex, weight {args.explain_weight:g}; val NLL before: conditional "
+              f"{base['conditional']:.4f}, unconditional {base['records']:.4f}")
     print(f"  val NLL: conditional {figures['conditional']:.4f}, unconditional {figures['unconditional']:.4f}; "
           f"with sex and decade left out, as served (the exact marginal, sum_c p(c) p(name | c)) "
           f"{figures['mixture']:.4f} ({figures['mixture'] - figures['unconditional']:+.4f}), with the learned "
