@@ -9,7 +9,8 @@ import pytest
 
 from conftest import interrupt_training, run_module
 from namegen.contract import DEFAULT_GUIDANCE, ONNX_FILE, read_latest, read_manifest
-from training.conditions import Conditions, load_dataset, parse_records
+from training.checkpoint import load_checkpoint
+from training.conditions import Conditions, load_dataset, marginal_val_nll, parse_records
 from training.data import DataError, Dataset
 
 
@@ -76,7 +77,10 @@ def test_checkpoint_eval_and_sample_know_the_conditions(conditional_checkpoint):
     done = run_module("training", "eval", conditional_checkpoint)
     assert done.returncode == 0, done.stderr
     labels = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("val ") and len(line.split()) == 3]
-    assert labels == ["any", "sex=F", "sex=M", "decade=1920", "decade=2010"]
+    assert labels == ["marginal", "any", "sex=F", "sex=M", "decade=1920", "decade=2010"]
+    checkpoint = load_checkpoint(conditional_checkpoint)
+    marginal = marginal_val_nll(checkpoint.model, checkpoint.dataset(), checkpoint.block_size, meta["condition_prior"])
+    assert f"val marginal {marginal:.4f}\n" in done.stdout
     girls = run_module("training", "sample", conditional_checkpoint, "--sex", "F", "--seed", "3", "-n", "30")
     boys = run_module("training", "sample", conditional_checkpoint, "--sex", "M", "--seed", "3", "-n", "30")
     assert girls.returncode == boys.returncode == 0 and girls.stdout != boys.stdout

@@ -11,8 +11,8 @@ from namegen.argparsing import OneLineParser, UsageError, number
 from namegen.contract import DEFAULT_GUIDANCE, MAX_GUIDANCE
 
 from .checkpoint import META_FILE, CheckpointError, load_checkpoint, read_meta
-from .conditions import (condition_indices, condition_prior, dataset_from_lines, load_dataset, parse_condition_list,
-                         parse_years, val_nll_by_condition)
+from .conditions import (condition_indices, condition_prior, dataset_from_lines, load_dataset, marginal_val_nll,
+                         parse_condition_list, parse_years, val_nll_by_condition)
 from .data import DEFAULT_YEAR, DataError, Dataset, load_words, read_text_file
 from .models import MODEL_DEFAULTS, MODEL_TYPES, ModelConfig, build_model
 from .train import TRAIN_DEFAULTS, Interrupted, TrainConfig, train
@@ -343,6 +343,9 @@ def cmd_eval(args) -> None:
     for part in ("train", "val", "test"):
         print(f"{part} {nll(checkpoint.model, *dataset.contexts(part, checkpoint.block_size)):.4f}")
     if checkpoint.meta.get("conditions"):
+        # Conditions left out, as served (the exact marginal over the training prior), then the learned "any".
+        prior = checkpoint.meta["condition_prior"]
+        print(f"val marginal {marginal_val_nll(checkpoint.model, dataset, checkpoint.block_size, prior):.4f}")
         for label, value in val_nll_by_condition(checkpoint.model, dataset, checkpoint.block_size):
             print(f"val {label} {value:.4f}")
 
