@@ -84,8 +84,10 @@ def train_pair(model: str, steps: int, years: str, sizes: dict, dropout: tuple[f
 
 def finetune_pair(paths: dict, steps: int, explain_weight: float) -> dict[str, object]:
     """Each of the pair fine-tuned `steps` more steps (python -m training finetune, its default learning rate),
-    the conditional one with explain's loss on sex; side by side, one core each; reused once finished."""
-    outs = {name: path.with_name(f"{path.name}-ft{steps}" + (f"-x{explain_weight:g}" if name == "conditional" else ""))
+    the conditional one with explain's loss on sex unless explain_weight is 0; side by side, one core each;
+    reused once finished."""
+    outs = {name: path.with_name(f"{path.name}-ft{steps}" + (f"-x{explain_weight:g}" if name == "conditional" and
+                                                             explain_weight else ""))
             for name, path in paths.items()}
     running = []
     for name, out in outs.items():
@@ -95,7 +97,8 @@ def finetune_pair(paths: dict, steps: int, explain_weight: float) -> dict[str, o
                 done["finetune"]["init_sha256"] == json.loads((paths[name] / "checkpoint.json").read_text())["data"]["sha256"]:
             print(f"reusing {out} (delete it to fine-tune again)", file=sys.stderr)
             continue
-        explain = ["--explain", "sex", "--explain-weight", str(explain_weight)] if name == "conditional" else []
+        explain = ["--explain", "sex", "--explain-weight", str(explain_weight)] \
+            if name == "conditional" and explain_weight else []
         command = [sys.executable, "-m", "training", "finetune", str(paths[name]), *explain, "--steps", str(steps),
                    "--out", str(out), "--overwrite", "--no-plots", "--quiet"]
         running.append(subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}))
@@ -252,7 +255,7 @@ def engine_figures(registry, runs: int, names: int, table_mb: float) -> list[str
                             ("conditional, logits table", "conditional", table_mb)):
         loaded = load_version(Settings(registry=registry, threads=2, logits_table_mb=mb), name,
                               read_latest(registry, name))
-        if mb and loaded.runner.table is None:
+        if label.endswith("logits table") and (not mb or loaded.runner.table is None):  # --table-mb 0: skipped
             loaded.close()
             continue
         engines[label] = Engine(loaded, 4096, max_queue=1000, max_name_length=MAX_NAME_LENGTH, attempts_per_name=20)
@@ -294,7 +297,7 @@ def main() -> None:
     p.add_argument("--temperatures", default="1,0.5", help="temperatures to generate the decade figures at")
     p.add_argument("--finetune", type=int, default=0, help="then fine-tune both this many steps, the conditional "
                                                           "one with explain's loss (0: no fine-tuning)")
-    p.add_argument("--explain-weight", type=float, default=1.0, help="of explain's loss in --finetune")
+    p.add_argument("--explain-weight", type=float, default=1.0, help="of explain's loss in --finetune (0: none)")
     args = p.parse_args()
     try:
         scales = [float(g) for g in args.guidance.split(",")]
@@ -331,7 +334,7 @@ def main() -> None:
           f"{args.condition_dropout:g} each, {args.condition_dropout_all:g} all at once), same records and split")
     if args.finetune:
         print(f"  then each fine-tuned {args.finetune} steps (python -m training finetune), the conditional one with "
-              f"explain's loss on sex, weight {args.explain_weight:g}; val NLL before: conditional "
+              f"explain's loss on sex, weight {args.explain_weight:g} (0: none); val NLL before: conditional "
               f"{base['conditional']:.4f}, unconditional {base['records']:.4f}")
     print(f"  val NLL: conditional {figures['conditional']:.4f}, unconditional {figures['unconditional']:.4f}; "
           f"with sex and decade left out, as served (the exact marginal, sum_c p(c) p(name | c)) "
