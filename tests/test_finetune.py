@@ -76,6 +76,9 @@ def test_finetune_starts_from_the_checkpoint_and_resumes_to_the_same_model(tmp_p
     assert straight.returncode == 0, straight.stderr
     saved = json.loads((tmp_path / "straight" / "checkpoint.json").read_text())["training"]
     assert saved["finetune"]["explain"] == "sex" and saved["finetune"]["init_sha256"] == base["data"]["sha256"]
+    # Ten evaluations and checkpoints over the fine-tuning itself, not the interval of the training it starts from.
+    assert base["training"]["eval_every"] == 500
+    assert len(json.loads((tmp_path / "straight" / "history.json").read_text())["val"]) == 10
     out = tmp_path / "interrupted"
     stderr = interrupt_training(args, out, command="finetune")
     assert f"finetune {conditional_checkpoint} --out {out} --resume" in stderr

@@ -291,7 +291,8 @@ def _finetune_plan(args):
     tc = replace(TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}}),
                  steps=args.steps or max(1, saved["steps"] // 10), lr=args.lr or saved["lr"] / 10,
                  weight_decay=args.weight_decay, batch_size=args.batch_size or saved["batch_size"],
-                 seed=saved["seed"] if args.seed is None else args.seed)
+                 seed=saved["seed"] if args.seed is None else args.seed,
+                 eval_every=0)  # ten evaluations and checkpoints over the fine-tuning, not the training's interval
     return base, dataset, tc, FinetuneConfig(str(args.checkpoint), dataset.sha256, args.explain,
                                              args.explain_weight, args.explain_names)
 
