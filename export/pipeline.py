@@ -15,7 +15,8 @@ import torch
 from namegen import contract
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.data import Dataset
-from training.models import count_parameters, nll
+from training.models import count_parameters
+from training.train import METRICS, measure_nll
 
 from . import onnx_export, registry, step_export
 from .calibrate import calibrate_batchnorms
@@ -82,12 +83,13 @@ def export_checkpoint(checkpoint_path: str | Path, registry_dir: str | Path, nam
         notes.append(f"{checkpoint.path}: training did not finish "
                      f"({meta['training']['completed_steps']} of {meta['training']['steps']} steps)")
     reference, metrics, calibrated = checkpoint.model.eval(), dict(meta["metrics"]), False
+    if set(metrics) != set(METRICS):  # saved mid-training: its val NLL only
+        metrics = measure_nll(reference, dataset, checkpoint.block_size)
     if calibrate:
         reference, recalibrated = calibrate_batchnorms(reference, dataset.contexts("train", checkpoint.block_size)[0])
         calibrated = recalibrated > 0
         if calibrated:
-            metrics = {f"{part}_nll": round(nll(reference, *dataset.contexts(part, checkpoint.block_size)), 6)
-                       for part in ("train", "val", "test")}
+            metrics = measure_nll(reference, dataset, checkpoint.block_size)
         else:
             notes.append(f"--calibrate: {meta['model_type']} has no BatchNorm; exported as trained")
     staging = registry.stage(root, name)

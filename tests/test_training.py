@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from conftest import interrupt_training, run_module
 from training.checkpoint import load_checkpoint
 from training.data import Dataset, load_names_file
@@ -62,7 +64,15 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_bit_identical(small_names
     assert "--resume" in stderr
     meta = json.loads((out / "checkpoint.json").read_text())
     assert 0 < meta["training"]["completed_steps"] < 2500 and not meta["training"]["finished"]
-    load_checkpoint(out)  # the interrupted checkpoint is a usable one
+    interrupted = load_checkpoint(out)  # the interrupted checkpoint is a usable one
+    # Saved mid-training, it records the val NLL of the weights it holds, and only that: export measures the rest.
+    val = nll(interrupted.model.eval(), *interrupted.dataset().contexts("val", interrupted.block_size))
+    assert list(meta["metrics"]) == ["val_nll"] and meta["metrics"]["val_nll"] == pytest.approx(val, abs=1e-6)
+    exported = run_module("export", out, "--registry", tmp_path / "registry", "--name", "early")
+    assert exported.returncode == 0 and "training did not finish" in exported.stderr, exported.stderr
+    manifest = json.loads(next((tmp_path / "registry" / "early").glob("*/manifest.json")).read_text())
+    assert set(manifest["metrics"]) == {"train_nll", "val_nll", "test_nll"}
+    assert manifest["metrics"]["val_nll"] == pytest.approx(val, abs=1e-6)
 
     resumed = run_module("training", "train", "--out", out, "--resume", "--quiet", "--no-plots")
     assert resumed.returncode == 0, resumed.stderr
