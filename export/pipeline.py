@@ -83,15 +83,13 @@ def export_checkpoint(checkpoint_path: str | Path, registry_dir: str | Path, nam
         notes.append(f"{checkpoint.path}: training did not finish "
                      f"({meta['training']['completed_steps']} of {meta['training']['steps']} steps)")
     reference, metrics, calibrated = checkpoint.model.eval(), dict(meta["metrics"]), False
-    if set(metrics) != set(METRICS):  # saved mid-training: its val NLL only
-        metrics = measure_nll(reference, dataset, checkpoint.block_size)
     if calibrate:
         reference, recalibrated = calibrate_batchnorms(reference, dataset.contexts("train", checkpoint.block_size)[0])
         calibrated = recalibrated > 0
-        if calibrated:
-            metrics = measure_nll(reference, dataset, checkpoint.block_size)
-        else:
+        if not calibrated:
             notes.append(f"--calibrate: {meta['model_type']} has no BatchNorm; exported as trained")
+    if calibrated or set(metrics) != set(METRICS):  # new weights, or saved mid-training (its val NLL only)
+        metrics = measure_nll(reference, dataset, checkpoint.block_size)
     staging = registry.stage(root, name)
     try:
         manifest = _write_version(staging, checkpoint, dataset, reference, metrics, tables)
