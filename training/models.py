@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import vector_math  # noqa: F401  (settles oneMKL's dispatch before any threaded op; see the module)
+
 TANH_GAIN = 5 / 3  # Kaiming gain for tanh (lecture 3)
 
 
