@@ -3,8 +3,9 @@
 ATen hands contiguous float unary ops (tanh, exp, sqrt, ...) to oneMKL's vector math, each thread its
 chunk. oneMKL picks each function's kernel on that function's first call; in the oneMKL 2024.2 of the
 torch 2.13 wheel, first calls racing on two threads can run one thread's chunk of that one call through
-a low-accuracy kernel (errors near 1e-4; pytorch/pytorch#188792, gone in oneMKL 2025). Under load about
-one fresh training process in ten computed its first tanh that way, and its weights ended in other bits.
+a low-accuracy kernel (errors near 1e-4; pytorch/pytorch#188792, gone in oneMKL 2025). With the other
+vCPU busy, up to one fresh process in ten computed its first tanh that way (README, Training), and a
+fine-tune's weights then ended in other bits.
 A 1-element call of each function runs on the calling thread alone and settles its dispatch for good.
 """
 from __future__ import annotations
